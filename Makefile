@@ -1,0 +1,37 @@
+# Every target creates the virtual environment first if it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+JUPYTER_ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+.PHONY: help install lab course test outputs clean
+
+help:
+	@echo "make course   run every notebook headless (papermill) into build/, with a summary"
+	@echo "make test     run the whole test suite (unit tests, papermill and nbval over the notebooks)"
+	@echo "make lab      open the course in JupyterLab"
+	@echo "make outputs  re-execute the notebooks in the cpu profile and store their outputs in notebooks/"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+lab: $(STAMP)
+	@echo "JupyterLab is starting; open the URL it prints below (http://localhost:8888/lab?token=...)."
+	$(PY) -m jupyter lab --no-browser $(JUPYTER_ROOT_FLAG) --notebook-dir=notebooks
+
+course: $(STAMP)
+	$(PY) -m helpers.course run
+
+test: $(STAMP)
+	COURSE_PROFILE=smoke $(PY) -m pytest tests notebooks --nbval-lax -n 2 --dist loadfile
+
+outputs: $(STAMP)
+	$(PY) -m helpers.course outputs
+
+clean:
+	rm -rf build
