@@ -28,7 +28,7 @@ course: $(STAMP)
 	$(PY) -m helpers.course run
 
 test: $(STAMP)
-	COURSE_PROFILE=smoke $(PY) -m pytest tests notebooks --nbval-lax -n 2 --dist loadfile
+	COURSE_PROFILE=smoke COURSE_HEADLESS=1 OMP_NUM_THREADS=1 $(PY) -m pytest tests notebooks --nbval-lax -n 2 --dist loadfile
 
 outputs: $(STAMP)
 	$(PY) -m helpers.course outputs

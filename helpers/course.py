@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -118,6 +119,7 @@ def execute(notebook: Path, output: Path, parameters: dict) -> Result:
     from papermill.exceptions import PapermillExecutionError
 
     output.parent.mkdir(parents=True, exist_ok=True)
+    os.environ["COURSE_HEADLESS"] = "1"  # the kernel inherits it: explorers draw one static view
     started = time.perf_counter()
     error = ""
     try:

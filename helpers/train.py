@@ -141,6 +141,7 @@ def fit(
     batch_transform=None,
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
+    stop_after: int | None = None,
     progress: bool = True,
     accelerator: Accelerator | None = None,
     **overrides,
@@ -151,6 +152,7 @@ def fit(
     default AdamW groups (e.g. layer-wise lr decay). `batch_transform(images, labels)`
     returns `(images, targets)` for each batch (MixUp/CutMix). With `checkpoint_dir`, a
     checkpoint is written after every epoch and `resume=True` continues from the last one.
+    `stop_after=n` ends this call after n epochs, as an interruption would (resume later).
     """
     settings = dataclasses.replace(settings, **overrides)
     if len(train_set) == 0 or len(val_set) == 0:
@@ -191,6 +193,8 @@ def fit(
         ))
         if checkpoint_dir is not None:
             save_checkpoint(checkpoint_dir, accelerator, model, optimizer, scheduler, history)
+        if stop_after is not None and epoch + 1 - start_epoch >= stop_after:
+            break
     model.eval()
     return history
 

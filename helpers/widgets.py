@@ -1,0 +1,37 @@
+"""ipywidgets explorers that degrade to one static figure when a notebook runs headless.
+
+Headless means `COURSE_HEADLESS=1`, which `helpers.course` and the test suite set for
+papermill and nbval runs; in JupyterLab the controls are live.
+"""
+from __future__ import annotations
+
+import os
+
+import matplotlib.pyplot as plt
+from IPython.display import display
+
+
+def is_headless() -> bool:
+    return os.environ.get("COURSE_HEADLESS") == "1"
+
+
+def explorer(draw, **controls):
+    """Call `draw(**values) -> Figure` from ipywidgets controls (ipywidgets `interact` abbreviations).
+
+    Headless, the figure for the controls' initial values is shown once, with a note.
+    Returns the live `interactive` widget, or None when headless.
+    """
+    import ipywidgets
+
+    def show(**values):
+        figure = draw(**values)
+        display(figure)
+        plt.close(figure)
+
+    widget = ipywidgets.interactive(show, **controls)
+    if is_headless():
+        show(**widget.kwargs)
+        print("(static view for the initial controls; open the notebook in JupyterLab to explore)")
+        return None
+    display(widget)
+    return widget

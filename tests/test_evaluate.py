@@ -1,0 +1,433 @@
+"""Tests for helpers.evaluate on hand-computed cases and tiny models built here."""
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
+from matplotlib.figure import Figure
+from scipy.ndimage import gaussian_filter
+from scipy.special import softmax
+from torchvision import tv_tensors
+from transformers import ViTConfig, ViTForImageClassification
+
+from helpers import evaluate as ev
+from helpers.data import ImageSpec, TensorImages, eval_transform
+
+NUM_CLASSES = 3
+
+
+class PooledLinear(torch.nn.Module):
+    """Global average pooling then a linear layer: invariant to horizontal flips."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(3, NUM_CLASSES)
+        self.dropout = torch.nn.Dropout(0.5)
+
+    def forward(self, images):
+        return self.head(self.dropout(images.mean(dim=(-2, -1))))
+
+
+class LeftRightSensitive(torch.nn.Module):
+    """Scores depend on which image half is brighter, so flips change them."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(2, NUM_CLASSES)
+
+    def forward(self, images):
+        width = images.shape[-1]
+        halves = torch.stack([images[..., : width // 2].mean((1, 2, 3)), images[..., width // 2 :].mean((1, 2, 3))], 1)
+        return self.head(halves)
+
+
+class Recorder(torch.nn.Module):
+    """Records every batch it sees and returns constant logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.tensor([0.5, -0.5, 0.0]))
+        self.seen = []
+
+    def forward(self, images):
+        self.seen.append(images.clone())
+        return self.bias.repeat(len(images), 1)
+
+
+def labeled(images):
+    return TensorImages(images, [i % NUM_CLASSES for i in range(len(images))], ["a", "b", "c"])
+
+
+def float_images(count=10, size=8, seed=0):
+    return labeled(torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(seed)))
+
+
+def tiny_vit():
+    torch.manual_seed(0)
+    config = ViTConfig(
+        image_size=8,
+        patch_size=4,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=NUM_CLASSES,
+    )
+    return ViTForImageClassification(config)
+
+
+# ---------------------------------------------------------------------------- predict
+
+
+def test_predict_vit_matches_a_direct_forward_pass_and_restores_modes():
+    model, dataset = tiny_vit(), float_images(count=10)
+    model.train()
+    model.vit.embeddings.eval()  # a submodule in another mode must keep it
+    predictions = ev.predict(model, dataset, batch_size=4, progress=False)
+
+    assert model.training and not model.vit.embeddings.training
+    model.eval()
+    with torch.no_grad():
+        expected = model(dataset.images).logits.numpy()
+    np.testing.assert_allclose(predictions.logits, expected, atol=1e-5)
+    np.testing.assert_allclose(predictions.probs, softmax(expected, axis=1), atol=1e-5)
+    np.testing.assert_array_equal(predictions.labels, dataset.labels)
+    np.testing.assert_array_equal(predictions.preds, expected.argmax(1))
+    np.testing.assert_array_equal(predictions.correct, expected.argmax(1) == np.array(dataset.labels))
+
+
+def test_predict_plain_module_runs_in_eval_mode():
+    model, dataset = PooledLinear(), float_images()
+    model.train()
+    first = ev.predict(model, dataset, progress=False)
+    second = ev.predict(model, dataset, progress=False)
+    np.testing.assert_array_equal(first.logits, second.logits)  # dropout was off
+    assert model.training
+
+
+def test_predict_rejects_uint8_images_empty_data_and_unknown_tta():
+    uint8_set = labeled(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="eval transform"):
+        ev.predict(PooledLinear(), uint8_set, progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        ev.predict(PooledLinear(), labeled(torch.zeros(0, 3, 8, 8)), progress=False)
+    with pytest.raises(ValueError, match="tta"):
+        ev.predict(PooledLinear(), float_images(), tta="rotate", progress=False)
+
+
+def test_flip_tta_leaves_a_flip_invariant_model_unchanged():
+    model, dataset = PooledLinear(), float_images()
+    plain = ev.predict(model, dataset, progress=False)
+    flipped = ev.predict(model, dataset, tta="flip", progress=False)
+    np.testing.assert_allclose(flipped.probs, plain.probs, atol=1e-6)
+    np.testing.assert_array_equal(flipped.preds, plain.preds)
+
+
+def test_flip_tta_averages_probabilities_of_image_and_mirror():
+    torch.manual_seed(0)
+    model, dataset = LeftRightSensitive(), float_images()
+    images = dataset.images
+    with torch.no_grad():
+        expected = (model(images).softmax(1) + model(images.flip(-1)).softmax(1)).numpy() / 2
+    predictions = ev.predict(model, dataset, tta="flip", progress=False)
+    np.testing.assert_allclose(predictions.probs, expected, atol=1e-6)
+    np.testing.assert_allclose(softmax(predictions.logits, axis=1), expected, atol=1e-6)
+    assert not np.allclose(expected, ev.predict(model, dataset, progress=False).probs)
+
+
+def test_flip_crops_tta_sees_flips_and_four_shifted_copies():
+    model, dataset = Recorder(), float_images(count=2, size=16)
+    predictions = ev.predict(model, dataset, tta="flip+crops", progress=False)
+    np.testing.assert_allclose(predictions.probs[0], softmax([0.5, -0.5, 0.0]), atol=1e-6)
+
+    assert len(model.seen) == 10
+    images, shift = dataset.images, 1  # 16 px / 16
+    for image in (images, images.flip(-1)):
+        assert any(torch.equal(view, image) for view in model.seen)
+        assert any(torch.equal(view[..., shift:, :], image[..., :-shift, :]) for view in model.seen)  # down
+        assert any(torch.equal(view[..., :-shift, :], image[..., shift:, :]) for view in model.seen)  # up
+        assert any(torch.equal(view[..., shift:], image[..., :-shift]) for view in model.seen)  # right
+        assert any(torch.equal(view[..., :-shift], image[..., shift:]) for view in model.seen)  # left
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def test_accuracy_perfect_all_wrong_and_partial():
+    labels = np.array([0, 1, 2, 2])
+    assert ev.accuracy(labels, labels) == 1.0
+    assert ev.accuracy((labels + 1) % 3, labels) == 0.0
+    assert ev.accuracy(torch.tensor([0, 1, 0, 0]), torch.tensor(labels)) == 0.5
+    with pytest.raises(ValueError, match="same length"):
+        ev.accuracy([0, 1], [0, 1, 2])
+
+
+def test_top_k_accuracy_hand_case():
+    probs = np.array([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3], [0.2, 0.5, 0.3], [0.7, 0.2, 0.1]])
+    labels = np.array([0, 2, 1, 2])
+    assert ev.top_k_accuracy(probs, labels, k=1) == 0.5
+    assert ev.top_k_accuracy(probs, labels, k=2) == 0.75
+    assert ev.top_k_accuracy(probs, labels, k=3) == 1.0
+    with pytest.raises(ValueError, match="number of classes"):
+        ev.top_k_accuracy(probs, labels, k=4)
+    with pytest.raises(ValueError, match="class ids"):
+        ev.top_k_accuracy(probs, np.array([0, 1, 2, 3]), k=1)
+
+
+def test_per_class_report_with_a_class_never_predicted():
+    labels = [0, 0, 1, 1, 2, 2]
+    preds = [0, 0, 1, 1, 1, 1]  # class 2 is never predicted
+    report = ev.per_class_report(preds, labels, ["cat", "dog", "owl"])
+    cat, dog, owl = report.classes
+    assert (cat.precision, cat.recall, cat.f1, cat.support) == (1.0, 1.0, 1.0, 2)
+    assert (dog.precision, dog.recall, dog.support) == (0.5, 1.0, 2)
+    assert dog.f1 == pytest.approx(2 / 3)
+    assert (owl.precision, owl.recall, owl.f1, owl.support) == (0.0, 0.0, 0.0, 2)
+    assert report.macro.precision == pytest.approx(0.5)
+    assert report.macro.recall == pytest.approx(2 / 3)
+    assert report.macro.f1 == pytest.approx((1 + 2 / 3) / 3)
+    assert report.weighted.support == 6
+    assert report.accuracy == pytest.approx(4 / 6)
+
+    table = report.to_markdown()
+    assert str(report) == table
+    assert len([line for line in table.splitlines() if line.startswith("| ")]) == 1 + 3 + 2
+    assert "| owl | 0.000 | 0.000 | 0.000 | 2 |" in table
+
+
+def test_per_class_report_perfect_and_all_wrong():
+    labels = [0, 1, 2, 0]
+    perfect = ev.per_class_report(labels, labels, ["a", "b", "c"])
+    assert all((row.precision, row.recall, row.f1) == (1.0, 1.0, 1.0) for row in perfect.classes)
+    wrong = ev.per_class_report([1, 2, 0, 1], labels, ["a", "b", "c"])
+    assert all((row.precision, row.recall, row.f1) == (0.0, 0.0, 0.0) for row in wrong.classes)
+    assert wrong.macro.f1 == 0.0 and wrong.accuracy == 0.0
+    with pytest.raises(ValueError, match="class ids"):
+        ev.per_class_report([0, 3], [0, 1], ["a", "b", "c"])
+
+
+def test_confusion_matrix_and_most_confused_pairs():
+    labels = [0, 0, 0, 1, 1, 2, 2, 2, 2]
+    preds = [0, 1, 1, 1, 1, 0, 2, 2, 1]
+    cm = ev.confusion_matrix(preds, labels, num_classes=3)
+    np.testing.assert_array_equal(cm, [[1, 2, 0], [0, 2, 0], [1, 1, 2]])
+
+    pairs = ev.most_confused_pairs(cm, ["cat", "dog", "owl"], k=5)
+    assert [(p.true_class, p.predicted_class, p.count) for p in pairs] == [
+        ("cat", "dog", 2),
+        ("owl", "cat", 1),
+        ("owl", "dog", 1),
+    ]
+    assert pairs[0].fraction == pytest.approx(2 / 3)
+    assert len(ev.most_confused_pairs(cm, ["cat", "dog", "owl"], k=1)) == 1
+    assert ev.most_confused_pairs(np.eye(3, dtype=int), ["cat", "dog", "owl"]) == []
+    with pytest.raises(ValueError, match="square confusion matrix"):
+        ev.most_confused_pairs(cm, ["cat", "dog"])
+    with pytest.raises(ValueError, match="class ids"):
+        ev.confusion_matrix([0, 5], [0, 1], num_classes=3)
+
+
+# ---------------------------------------------------------------------------- calibration
+
+
+def test_ece_is_zero_when_confidence_matches_accuracy():
+    probs = np.tile([0.8, 0.2], (10, 1))
+    labels = np.array([0] * 8 + [1] * 2)  # 80% confident, 80% right
+    assert ev.expected_calibration_error(probs, labels) == pytest.approx(0, abs=1e-12)
+    bins = ev.reliability_bins(probs, labels, n_bins=5)
+    assert bins.counts.tolist() == [0, 0, 0, 10, 0]
+    assert bins.accuracy[3] == pytest.approx(0.8) and np.isnan(bins.accuracy[0])
+
+
+def test_ece_extremes_and_range():
+    one_hot = np.eye(3)[[0, 1, 2, 0]]
+    assert ev.expected_calibration_error(one_hot, [0, 1, 2, 0]) == 0.0
+    assert ev.expected_calibration_error(one_hot, [1, 2, 0, 1]) == 1.0  # sure and always wrong
+    rng = np.random.default_rng(0)
+    probs = softmax(rng.normal(size=(200, 5)) * 3, axis=1)
+    ece = ev.expected_calibration_error(probs, rng.integers(0, 5, 200))
+    assert 0 < ece < 1
+    assert ev.reliability_bins(probs, rng.integers(0, 5, 200)).counts.sum() == 200
+
+
+def test_calibration_rejects_logits():
+    with pytest.raises(ValueError, match="not logits"):
+        ev.expected_calibration_error(np.array([[2.0, -1.0]]), [0])
+
+
+def _overconfident_logits(scale, count=2000, seed=0):
+    """Labels drawn from softmax(z), logits reported as scale * z: the ideal temperature is `scale`."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(count, 4)) * 2
+    labels = np.array([rng.choice(4, p=p) for p in softmax(z, axis=1)])
+    return z * scale, labels
+
+
+def test_fit_temperature_recovers_the_scale_and_lowers_nll():
+    logits, labels = _overconfident_logits(scale=3.0)
+    temperature = ev.fit_temperature(logits, labels)
+    assert temperature == pytest.approx(3.0, rel=0.15)
+    assert ev.negative_log_likelihood(logits, labels, temperature) < ev.negative_log_likelihood(logits, labels)
+    calibrated = ev.apply_temperature(logits, temperature)
+    assert ev.expected_calibration_error(calibrated, labels) < ev.expected_calibration_error(
+        softmax(logits, axis=1), labels
+    )
+
+
+@pytest.mark.parametrize("scale", [0.3, 1.0, 5.0])
+def test_fit_temperature_never_increases_nll_on_the_fitting_set(scale):
+    logits, labels = _overconfident_logits(scale, count=300, seed=1)
+    temperature = ev.fit_temperature(logits, labels)
+    assert temperature > 0
+    assert ev.negative_log_likelihood(logits, labels, temperature) <= ev.negative_log_likelihood(logits, labels)
+
+
+def test_apply_temperature():
+    logits = np.array([[2.0, 0.0, -1.0]])
+    np.testing.assert_allclose(ev.apply_temperature(logits, 1.0), softmax(logits, axis=1))
+    assert ev.apply_temperature(logits, 4.0).max() < softmax(logits, axis=1).max()
+    with pytest.raises(ValueError, match="positive"):
+        ev.apply_temperature(logits, 0.0)
+
+
+# ---------------------------------------------------------------------------- robustness
+
+
+def test_corrupt_keeps_dtype_shape_and_type():
+    rng = torch.Generator().manual_seed(0)
+    uint8 = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=rng)
+    for kind in ev.CORRUPTIONS:
+        out = ev.corrupt(uint8, kind, 3, seed=0)
+        assert out.dtype == torch.uint8 and out.shape == uint8.shape
+        floats = ev.corrupt(uint8[0].float() / 255, kind, 3, seed=0)
+        assert floats.dtype == torch.float32 and 0 <= floats.min() and floats.max() <= 1
+    image = tv_tensors.Image(uint8[0])
+    assert isinstance(ev.corrupt(image, "gaussian_blur", 1), tv_tensors.Image)
+
+
+@pytest.mark.parametrize("kind", ev.CORRUPTIONS)
+def test_corruption_grows_with_severity(kind):
+    image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.6
+    changes = [(ev.corrupt(image, kind, s, seed=0) - image).abs().mean().item() for s in ev.SEVERITIES]
+    assert all(a < b for a, b in zip(changes, changes[1:]))
+    assert changes[0] > 0
+
+
+def test_noise_is_reproducible_with_a_seed():
+    image = torch.full((3, 8, 8), 0.5)
+    first, again, other = (ev.corrupt(image, "gaussian_noise", 5, seed=seed) for seed in (1, 1, 2))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+@pytest.mark.parametrize(("side", "severity", "sigma"), [(32, 5, 1.0), (64, 2, 1.2)])
+def test_blur_matches_scipy_with_sigma_scaled_to_the_image(side, severity, sigma):
+    image = torch.rand(3, side, side, generator=torch.Generator().manual_seed(0))
+    expected = gaussian_filter(image.numpy(), sigma=(0, sigma, sigma), mode="mirror", truncate=4)
+    np.testing.assert_allclose(ev.corrupt(image, "gaussian_blur", severity).numpy(), expected, atol=1e-4)
+
+
+def test_brightness_matches_an_hsv_round_trip():
+    image = torch.rand(3, 6, 6, generator=torch.Generator().manual_seed(0))
+    image[:, 0, 0] = 0  # a black pixel turns grey
+    hsv = rgb_to_hsv(image.permute(1, 2, 0).numpy())
+    hsv[..., 2] = np.clip(hsv[..., 2] + 0.3, 0, 1)
+    expected = hsv_to_rgb(hsv).transpose(2, 0, 1)
+    np.testing.assert_allclose(ev.corrupt(image, "brightness", 5).numpy(), expected, atol=1e-5)
+
+
+def test_corrupt_rejects_bad_input():
+    image = torch.rand(3, 8, 8)
+    with pytest.raises(ValueError, match="Unknown corruption"):
+        ev.corrupt(image, "fog", 1)
+    for severity in (0, 6, 2.5):
+        with pytest.raises(ValueError, match="severity"):
+            ev.corrupt(image, "brightness", severity)
+    with pytest.raises(ValueError, match="before the model's Normalize"):
+        ev.corrupt(image * 2 - 1, "brightness", 1)
+    with pytest.raises(ValueError, match=r"\[3, H, W\]"):
+        ev.corrupt(torch.rand(8, 8), "brightness", 1)
+
+
+def test_robustness_sweep_reports_clean_and_each_severity():
+    images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    transform = eval_transform(ImageSpec((8, 8), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))
+    model = Recorder()  # always predicts class 0: 2 of the 6 labels
+    results = ev.robustness_sweep(model, labeled(images), transform, severities=(1, 5), progress=False)
+    assert list(results) == list(ev.CORRUPTIONS)
+    for by_severity in results.values():
+        assert by_severity == {0: pytest.approx(2 / 6), 1: pytest.approx(2 / 6), 5: pytest.approx(2 / 6)}
+    clean = model.seen[0]
+    assert clean.min() >= -1 and clean.max() <= 1  # normalised by the eval transform
+    assert not torch.equal(clean, model.seen[1])  # the first corruption changed the images
+    with pytest.raises(ValueError, match="Unknown corruption"):
+        ev.robustness_sweep(model, labeled(images), transform, kinds=("snow",))
+
+
+# ---------------------------------------------------------------------------- uncertainty
+
+
+def test_bootstrap_interval_contains_the_accuracy_and_narrows_with_data():
+    correct = np.array([True] * 70 + [False] * 30)
+    low, high = ev.bootstrap_ci(correct)
+    assert low < 0.7 < high
+    big_low, big_high = ev.bootstrap_ci(np.tile(correct, 20))
+    assert big_high - big_low < (high - low) / 3
+    assert ev.bootstrap_ci(np.ones(5, dtype=bool)) == (1.0, 1.0)
+    assert ev.bootstrap_ci(correct, seed=3) == ev.bootstrap_ci(correct, seed=3)
+
+
+def test_bootstrap_rejects_non_boolean_input():
+    with pytest.raises(ValueError, match="booleans"):
+        ev.bootstrap_ci(np.array([0.2, 0.9]))
+    with pytest.raises(ValueError, match="alpha"):
+        ev.bootstrap_ci(np.ones(4, dtype=bool), alpha=1.5)
+
+
+def test_samples_needed_gives_the_requested_power():
+    acc_a, acc_b = 0.80, 0.85
+    n = ev.samples_needed(acc_a, acc_b)
+    rng = np.random.default_rng(0)
+    hits_a = rng.binomial(n, acc_a, size=4000) / n
+    hits_b = rng.binomial(n, acc_b, size=4000) / n
+    pooled = (hits_a + hits_b) / 2
+    z = (hits_b - hits_a) / np.sqrt(2 * pooled * (1 - pooled) / n)
+    assert np.mean(np.abs(z) > 1.96) == pytest.approx(0.8, abs=0.03)
+    assert ev.samples_needed(0.80, 0.90) < n < ev.samples_needed(0.80, 0.82)
+    assert ev.samples_needed(0.80, 0.85, power=0.9) > n
+
+
+def test_samples_needed_rejects_bad_input():
+    with pytest.raises(ValueError, match="equal"):
+        ev.samples_needed(0.9, 0.9)
+    with pytest.raises(ValueError, match="acc_b"):
+        ev.samples_needed(0.9, 90)
+    with pytest.raises(ValueError, match="power"):
+        ev.samples_needed(0.8, 0.9, power=1.0)
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+def test_plot_confusion_matrix_normalizes_rows():
+    cm = np.array([[3, 1], [0, 0]])
+    fig = ev.plot_confusion_matrix(cm, ["a", "b"], normalize=True)
+    assert isinstance(fig, Figure)
+    shown = fig.axes[0].images[0].get_array()
+    np.testing.assert_allclose(shown, [[0.75, 0.25], [0, 0]])
+    counts = ev.plot_confusion_matrix(cm, ["a", "b"]).axes[0].images[0].get_array()
+    np.testing.assert_array_equal(counts, cm)
+
+
+def test_plot_reliability_and_robustness():
+    probs = np.tile([0.8, 0.2], (10, 1))
+    labels = np.array([0] * 8 + [1] * 2)
+    fig = ev.plot_reliability(probs, labels)
+    assert isinstance(fig, Figure) and "ECE = 0.00%" in fig.axes[0].get_title()
+
+    results = {"gaussian_noise": {0: 0.9, 1: 0.8, 2: 0.6}, "brightness": {0: 0.9, 1: 0.88, 2: 0.85}}
+    lines = ev.plot_robustness(results).axes[0].get_lines()
+    assert [line.get_label() for line in lines] == ["gaussian_noise", "brightness"]
+    np.testing.assert_array_equal(lines[0].get_ydata(), [0.9, 0.8, 0.6])
+    with pytest.raises(ValueError, match="got none"):
+        ev.plot_robustness({})
+
