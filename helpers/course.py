@@ -129,7 +129,7 @@ def execute(notebook: Path, output: Path, parameters: dict) -> Result:
         )
     except PapermillExecutionError as failure:
         first_line = failure.source.strip().splitlines()[0] if failure.source.strip() else ""
-        error = (f"cell {failure.cell_index} (execution count {failure.exec_count}, starting "
+        error = (f"cell {failure.cell_index} of {output} (In [{failure.exec_count}], starting "
                  f"{first_line!r}) raised {failure.ename}: {failure.evalue}")
     seconds = time.perf_counter() - started
     records = read_records(nbformat.read(output, as_version=4)) if output.exists() else {}

@@ -1,0 +1,65 @@
+import json
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from helpers import course
+
+
+def write_notebook(path, *sources):
+    cells = [new_markdown_cell("# demo")] + [new_code_cell(s) for s in sources]
+    cells[1].metadata["tags"] = ["parameters"]
+    nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                            "language": "python"}})
+    nbformat.write(nb, path)
+    return path
+
+
+def test_parameters_are_checked_before_anything_runs():
+    assert course.parse_overrides([["epochs", "3"], ["lr", "5e-4"], ["model_name", "tiny-vit"]]) == {
+        "epochs": 3, "lr": 5e-4, "model_name": "tiny-vit"}
+    with pytest.raises(ValueError, match="Unknown parameter 'epoch'.*epochs"):
+        course.parse_overrides([["epoch", "3"]])
+    with pytest.raises(ValueError, match="lr must be greater than 0"):
+        course.parse_overrides([["lr", "0"]])
+
+
+def test_unknown_notebook_names_the_choices():
+    with pytest.raises(ValueError, match="No notebook 'nope'.*00_setup"):
+        course.course_notebooks(["nope"])
+
+
+def test_a_failing_notebook_is_named_with_its_cell_and_records_survive(tmp_path, monkeypatch, capsys):
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    write_notebook(notebooks / "00_ok.ipynb", 'profile = "auto"\noverrides = {}',
+                   "from helpers import course\ncourse.record(answer=42, profile=profile)")
+    write_notebook(notebooks / "01_broken.ipynb", 'profile = "auto"\noverrides = {}',
+                   "from helpers import course\ncourse.record(before=1.5)", "raise ValueError('boom')")
+    monkeypatch.setattr(course, "NOTEBOOKS", notebooks)
+    exit_code = course.main(["run", "--profile", "smoke", "--out", str(tmp_path / "build")])
+    assert exit_code == 1
+    assert "01_broken" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "build" / "summary.json").read_text())
+    ok, broken = summary
+    assert ok["error"] == "" and ok["records"] == {"answer": 42, "profile": "smoke"}
+    assert "cell 4 of" in broken["error"] and "raise ValueError('boom')" in broken["error"]  # 4: after papermill's
+    assert "ValueError: boom" in broken["error"]  # injected-parameters cell
+    assert broken["records"] == {"before": 1.5}
+    table = (tmp_path / "build" / "summary.md").read_text()
+    assert "| 00_ok | ok | smoke |" in table and "answer=42" in table and "FAILED" in table
+
+
+def test_clean_for_commit_drops_injected_parameters_and_bookkeeping(tmp_path):
+    path = write_notebook(tmp_path / "nb.ipynb", 'profile = "auto"\noverrides = {}', "1 + 1")
+    notebook = nbformat.read(path, as_version=4)
+    injected = new_code_cell('profile = "cpu"')
+    injected.metadata["tags"] = ["injected-parameters"]
+    notebook.cells.insert(2, injected)
+    notebook.metadata["papermill"] = {"duration": 1}
+    notebook.metadata["widgets"] = {"state": {}}
+    nbformat.write(notebook, path)
+    course.clean_for_commit(path)
+    cleaned = nbformat.read(path, as_version=4)
+    assert len(cleaned.cells) == 3 and "papermill" not in cleaned.metadata and "widgets" not in cleaned.metadata

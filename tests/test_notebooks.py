@@ -1,0 +1,46 @@
+"""Every notebook in notebooks/ runs headless with papermill in the smoke profile and keeps the conventions.
+
+New notebooks are picked up without editing this file; `EXPECTATIONS` adds checks on what a
+notebook records with `helpers.course.record` where a result holds by design.
+"""
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from helpers import course
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+EXPECTATIONS = {
+    "00_setup": lambda r: r["test_accuracy"] >= r["expected_at_least"],
+}
+
+
+def test_the_course_has_notebooks():
+    assert NOTEBOOKS and NOTEBOOKS[0].name == "00_setup.ipynb"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_follows_the_conventions(path):
+    notebook = nbformat.read(path, as_version=4)
+    first, *rest = notebook.cells
+    assert first.cell_type == "markdown" and first.source.startswith("# ")
+    assert "smoke" in first.source and "cpu" in first.source and "gpu" in first.source  # runtimes and results
+    code = [cell for cell in rest if cell.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", []), "the first code cell must be the parameters cell"
+    assert code[0].source.splitlines()[0] == 'profile = "auto"'
+    assert "course.start(profile, overrides)" in code[1].source
+    assert all(cell.get("execution_count") is not None for cell in code), "commit the notebook with its outputs"
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"], "the committed run has an error"
+    assert "widgets" not in notebook.metadata, "strip widget state before committing"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_headless_in_smoke_profile(path, tmp_path):
+    result = course.execute(path, tmp_path / path.name, {"profile": "smoke", "overrides": {}})
+    assert result.ok, f"{path.name}: {result.error}"
+    assert result.records["profile"] == "smoke"
+    check = EXPECTATIONS.get(path.stem)
+    if check is not None:
+        assert check(result.records), f"{path.name} recorded {result.records}"
