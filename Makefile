@@ -5,12 +5,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JUPYTER_ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: help install lab course test outputs clean
+.PHONY: help install lab course test outputs student clean
 
 help:
 	@echo "make course   run every notebook headless (papermill) into build/, with a summary"
 	@echo "make test     run the whole test suite (unit tests, papermill and nbval over the notebooks)"
 	@echo "make lab      open the course in JupyterLab"
+	@echo "make student  copies of the notebooks without solutions, into build/student"
 	@echo "make outputs  re-execute the notebooks in the cpu profile and store their outputs in notebooks/"
 
 install: $(STAMP)
@@ -32,6 +33,9 @@ test: $(STAMP)
 
 outputs: $(STAMP)
 	$(PY) -m helpers.course outputs
+
+student: $(STAMP)
+	$(PY) -m helpers.course student --out build/student
 
 clean:
 	rm -rf build

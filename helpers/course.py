@@ -3,6 +3,7 @@
     python -m helpers.course run                       # every notebook, default profile -> build/
     python -m helpers.course run 02_freezing -p epochs 3 --profile cpu
     python -m helpers.course outputs                   # refresh the committed outputs (cpu profile)
+    python -m helpers.course student --out build/student  # copies without solutions, for a workshop
 
 Inside a notebook, `start(profile, overrides)` resolves the settings and prints the
 environment report; `record(name=value, ...)` stores key results in the executed
@@ -14,6 +15,7 @@ import argparse
 import ast
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -192,6 +194,29 @@ def refresh_outputs(selection=None) -> list[Result]:
     return results
 
 
+SOLUTION_BLOCK = re.compile(r"^([ \t]*)# BEGIN SOLUTION\n.*?^[ \t]*# END SOLUTION[^\n]*", re.S | re.M)
+
+
+def strip_solutions(source: str) -> str:
+    """Replace every `# BEGIN SOLUTION ... # END SOLUTION` block with a prompt for the student."""
+    return SOLUTION_BLOCK.sub(r"\1# YOUR CODE HERE\n\1raise NotImplementedError('write your solution here')", source)
+
+
+def make_student_copies(out: Path, selection=None) -> list[Path]:
+    """Notebooks without solutions and without outputs, for students; returns the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in course_notebooks(selection):
+        notebook = nbformat.read(path, as_version=4)
+        for cell in notebook.cells:
+            if cell.cell_type == "code":
+                cell.source = strip_solutions(cell.source)
+                cell.outputs, cell.execution_count = [], None
+        nbformat.write(notebook, out / path.name)
+        written.append(out / path.name)
+    return written
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.course", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -203,11 +228,18 @@ def main(argv=None) -> int:
     run_parser.add_argument("--out", type=Path, default=BUILD)
     outputs_parser = commands.add_parser("outputs", help="refresh the committed outputs (cpu profile)")
     outputs_parser.add_argument("notebooks", nargs="*")
+    student_parser = commands.add_parser("student", help="student copies: solutions removed, outputs cleared")
+    student_parser.add_argument("notebooks", nargs="*")
+    student_parser.add_argument("--out", type=Path, default=BUILD / "student")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
             results = run(args.notebooks, args.profile, parse_overrides(args.param), args.out)
             print(f"\nsummary written to {args.out / 'summary.md'}\n\n{summary_table(results)}")
+        elif args.command == "student":
+            written = make_student_copies(args.out, args.notebooks)
+            print(f"{len(written)} student notebooks written to {args.out}")
+            return 0
         else:
             results = refresh_outputs(args.notebooks)
     except ValueError as error:

@@ -63,3 +63,22 @@ def test_clean_for_commit_drops_injected_parameters_and_bookkeeping(tmp_path):
     course.clean_for_commit(path)
     cleaned = nbformat.read(path, as_version=4)
     assert len(cleaned.cells) == 3 and "papermill" not in cleaned.metadata and "widgets" not in cleaned.metadata
+
+
+def test_student_copies_lose_solutions_and_outputs(tmp_path, monkeypatch):
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    solution = "def f(x):\n    # BEGIN SOLUTION\n    return 2 * x\n    # END SOLUTION\n\ncheck(f)"
+    path = write_notebook(notebooks / "01_x.ipynb", 'profile = "auto"\noverrides = {}', solution)
+    notebook = nbformat.read(path, as_version=4)
+    notebook.cells[2].outputs = [nbformat.v4.new_output("stream", text="Correct")]
+    notebook.cells[2].execution_count = 2
+    nbformat.write(notebook, path)
+    monkeypatch.setattr(course, "NOTEBOOKS", notebooks)
+    [copy] = course.make_student_copies(tmp_path / "student")
+    cell = nbformat.read(copy, as_version=4).cells[2]
+    assert "return 2 * x" not in cell.source and "SOLUTION" not in cell.source
+    assert "    # YOUR CODE HERE\n    raise NotImplementedError" in cell.source
+    assert cell.source.startswith("def f(x):") and cell.source.endswith("check(f)")
+    assert cell.outputs == [] and cell.execution_count is None
+    compile(cell.source, "student", "exec")  # still valid Python
