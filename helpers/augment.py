@@ -36,10 +36,15 @@ Randomness: a v2 transform draws one set of random parameters per call. The data
 call the train transform in ``__getitem__``, once per image, so each image of a
 DataLoader batch gets its own draw; calling a transform on a whole batch tensor
 repeats one draw for every image (`same_draw_demo`, `apply_per_sample`).
+
+Lesson tools: `preview` (a widget: pick a preset and magnitude, see augmented samples),
+`throughput_by_preset` (images/s each preset's DataLoader delivers) and `run_ablation`
+(one fine-tune per preset at equal budget and seed, with a table and validation curves).
 """
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -47,8 +52,11 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torchvision.transforms import v2
+from tqdm.auto import tqdm
 
-from helpers.data import ImageSpec, eval_transform, to_model_input
+from helpers import evaluate, models, train, widgets
+from helpers.data import ImageSpec, LabeledImages, Splits, eval_transform, make_loader, to_model_input
+from helpers.profiles import Settings
 
 PRESETS = ("none", "basic", "randaugment", "trivialaugment", "strong")
 RANDAUGMENT_BINS = 31
@@ -101,10 +109,15 @@ def strengths(magnitude: float) -> Strengths:
     )
 
 
-def build(preset: str, spec: ImageSpec, magnitude: float = 0.5, *, num_classes: int | None = None) -> Augmentation:
-    """The `preset` (one of `PRESETS`) at `magnitude` for images of `spec`; ``strong`` needs `num_classes`."""
+def check_preset(preset: str) -> None:
+    """ValueError naming the choices unless `preset` is one of `PRESETS`."""
     if preset not in PRESETS:
         raise ValueError(f"Unknown augmentation preset {preset!r}; choose one of: {', '.join(PRESETS)}.")
+
+
+def build(preset: str, spec: ImageSpec, magnitude: float = 0.5, *, num_classes: int | None = None) -> Augmentation:
+    """The `preset` (one of `PRESETS`) at `magnitude` for images of `spec`; ``strong`` needs `num_classes`."""
+    check_preset(preset)
     s = strengths(magnitude)
     batch_transform = None
     if preset == "strong" and s.magnitude > 0:
@@ -284,15 +297,43 @@ def plot_augmentations(images: Sequence[torch.Tensor], transforms_by_name: Mappi
     outputs (those of a preset's train transform) in their true colours.
     """
     shown = list(images)[:n]
-    rows = {"original": None, **transforms_by_name}
-    fig = Figure(figsize=(1.4 * len(shown) + 1, 1.4 * len(rows)), layout="constrained")
-    axes = fig.subplots(len(rows), len(shown), squeeze=False)
-    for row_axes, (name, transform) in zip(axes, rows.items()):
+    rows = {"original": shown}
+    rows.update({name: [transform(image) for image in shown] for name, transform in transforms_by_name.items()})
+    return _image_rows(rows, spec)
+
+
+def plot_batch(images: torch.Tensor, targets: torch.Tensor, class_names: Sequence[str], spec: ImageSpec | None = None,
+               n: int = 8) -> Figure:
+    """The first `n` images of a batch, each titled with its target: a class, or the top two of a soft target."""
+    titles = [target_title(target, class_names) for target in targets[:n]]
+    return _image_rows({"": list(images[:n])}, spec, [titles])
+
+
+def target_title(target: torch.Tensor, class_names: Sequence[str]) -> str:
+    """A class id as its name; a soft target as its one or two heaviest classes with their weights."""
+    if target.ndim == 0:
+        return str(class_names[int(target)])
+    weights, classes = target.topk(min(2, len(target)))
+    return " ".join(f"{class_names[int(c)]}:{float(w):.2f}" for w, c in zip(weights, classes) if w >= 0.005)
+
+
+def _image_rows(rows: Mapping[str, Sequence[torch.Tensor]], spec: ImageSpec | None,
+                titles: Sequence[Sequence[str]] | None = None) -> Figure:
+    """A grid with one row per entry of `rows` (its key as the row label), optionally a title per image."""
+    columns = max(len(row) for row in rows.values())
+    fig = Figure(figsize=(1.4 * columns + 1, 1.5 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), columns, squeeze=False)
+    for r, (row_axes, (name, row)) in enumerate(zip(axes, rows.items())):
         row_axes[0].set_ylabel(name)
-        for ax, image in zip(row_axes, shown):
-            ax.imshow(_displayable(image if transform is None else transform(image), spec), interpolation="nearest")
+        for c, ax in enumerate(row_axes):
             ax.set_xticks([])
             ax.set_yticks([])
+            if c >= len(row):
+                ax.set_axis_off()
+                continue
+            ax.imshow(_displayable(row[c], spec), interpolation="nearest")
+            if titles is not None:
+                ax.set_title(titles[r][c], fontsize=7)
     return fig
 
 
@@ -304,3 +345,149 @@ def _displayable(image: torch.Tensor, spec: ImageSpec | None) -> np.ndarray:
     elif spec is not None:
         image = image * torch.tensor(spec.std).view(3, 1, 1) + torch.tensor(spec.mean).view(3, 1, 1)
     return image.clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+# ---------------------------------------------------------------- preview widget
+def preview_figure(images: Sequence[torch.Tensor], labels: Sequence[int], spec: ImageSpec,
+                   class_names: Sequence[str], preset: str = "strong", magnitude: float = 0.5,
+                   draws: int = 3) -> Figure:
+    """`draws` rows of the same uint8 `images` through the preset's train transform (and its batch mixing).
+
+    Every row is a fresh draw; each image is titled with its target, so mixed labels show their weights.
+    """
+    aug = build(preset, spec, magnitude, num_classes=len(class_names))
+    rows, titles = {}, []
+    for draw in range(draws):
+        batch = apply_per_sample(aug.train_transform, torch.stack(list(images)))
+        targets = torch.as_tensor(list(labels))
+        if aug.batch_transform is not None:
+            batch, targets = aug.batch_transform(batch, targets)
+        rows[f"draw {draw + 1}"] = list(batch)
+        titles.append([target_title(target, class_names) for target in targets])
+    fig = _image_rows(rows, spec, titles)
+    fig.suptitle(f"{preset}, magnitude {aug.magnitude:g}")
+    return fig
+
+
+def preview(images: Sequence[torch.Tensor], labels: Sequence[int], spec: ImageSpec, class_names: Sequence[str],
+            preset: str = "strong", magnitude: float = 0.5, draws: int = 3):
+    """A widget: pick a preset and a magnitude, see `preview_figure` (one static view when headless)."""
+    import ipywidgets
+
+    def draw(preset: str, magnitude: float) -> Figure:
+        return preview_figure(images, labels, spec, class_names, preset, magnitude, draws)
+
+    return widgets.explorer(
+        draw,
+        preset=ipywidgets.Dropdown(options=PRESETS, value=preset, description="preset"),
+        magnitude=ipywidgets.FloatSlider(value=magnitude, min=0.0, max=1.0, step=0.1, description="magnitude"),
+    )
+
+
+# ---------------------------------------------------------------- throughput
+def loader_throughput(dataset: LabeledImages, batch_size: int, *, num_workers: int = 0,
+                      batch_transform: BatchTransform | None = None, max_images: int | None = None) -> float:
+    """Images per second a shuffled training DataLoader delivers from `dataset`, batch transform included.
+
+    The clock starts once the first batch is out, so worker start-up is not counted;
+    `max_images` stops early on a large dataset.
+    """
+    if len(dataset) <= batch_size:
+        raise ValueError(
+            f"Measuring throughput needs more than one batch: the dataset has {len(dataset)} images for "
+            f"batch_size={batch_size}; use a larger dataset or a smaller batch_size."
+        )
+    loader = make_loader(dataset, batch_size, shuffle_generator=torch.Generator().manual_seed(0),
+                         num_workers=num_workers)
+    started, count = None, 0
+    for images, labels in loader:
+        if batch_transform is not None:
+            batch_transform(images, labels)
+        if started is None:
+            started = time.perf_counter()
+            continue
+        count += len(images)
+        if max_images is not None and count >= max_images:
+            break
+    return count / (time.perf_counter() - started)
+
+
+def throughput_by_preset(dataset: LabeledImages, spec: ImageSpec, presets: Sequence[str] = PRESETS,
+                         magnitude: float = 0.5, *, batch_size: int = 64, num_workers: int = 0,
+                         max_images: int | None = None) -> dict[str, float]:
+    """`loader_throughput` (images/s) of each preset's train transform and batch mixing on `dataset`."""
+    augmentations = [build(p, spec, magnitude, num_classes=len(dataset.classes)) for p in presets]
+    return {
+        aug.name: loader_throughput(dataset.with_transform(aug.train_transform), batch_size,
+                                    num_workers=num_workers, batch_transform=aug.batch_transform,
+                                    max_images=max_images)
+        for aug in tqdm(augmentations, desc="throughput")
+    }
+
+
+# ---------------------------------------------------------------- ablation
+ABLATION_PRESETS = ("none", "basic", "randaugment", "strong")
+
+
+@dataclass
+class AblationResult:
+    """One fine-tune per preset: each run's History and its test accuracy."""
+
+    magnitude: float
+    histories: dict[str, train.History]
+    test_accuracy: dict[str, float]
+
+    @property
+    def best(self) -> str:
+        """The preset with the highest test accuracy."""
+        return max(self.test_accuracy, key=self.test_accuracy.get)
+
+    def table(self) -> str:
+        """A markdown table: best and final validation accuracy, test accuracy and gain over `none` per preset."""
+        base = self.test_accuracy.get("none")
+        lines = ["| preset | best val acc | final val acc | test acc | vs none | train time |",
+                 "|---|---|---|---|---|---|"]
+        for preset, history in self.histories.items():
+            test = self.test_accuracy[preset]
+            gain = "-" if base is None or preset == "none" else f"{100 * (test - base):+.1f} pt"
+            seconds = sum(history.column("seconds"))
+            lines.append(f"| {preset} | {history.best['val_accuracy']:.1%} | {history.rows[-1]['val_accuracy']:.1%}"
+                         f" | {test:.1%} | {gain} | {seconds:.0f} s |")
+        return "\n".join(lines)
+
+    def plot(self) -> Figure:
+        """Validation accuracy and validation loss per epoch, one line per preset."""
+        fig = Figure(figsize=(9, 3.2), layout="constrained")
+        ax_acc, ax_loss = fig.subplots(1, 2)
+        for preset, history in self.histories.items():
+            epochs = history.column("epoch")
+            ax_acc.plot(epochs, history.column("val_accuracy"), marker="o", label=preset)
+            ax_loss.plot(epochs, history.column("val_loss"), marker="o", label=preset)
+        ax_acc.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy")
+        ax_loss.set(xlabel="epoch", ylabel="loss", title="validation loss")
+        ax_acc.legend()
+        fig.suptitle(f"augmentation ablation, magnitude {self.magnitude:g}")
+        return fig
+
+
+def run_ablation(splits: Splits, settings: Settings, presets: Sequence[str] = ABLATION_PRESETS,
+                 magnitude: float = 0.5, *, random_init: bool = False, progress: bool = True) -> AblationResult:
+    """Fine-tune `settings.model_name` once per preset on `splits`: same seed, epochs and steps for each.
+
+    Every run starts from a freshly loaded model (new head seeded by `settings.seed`,
+    or all weights random with `random_init=True`) and is scored on the test split.
+    """
+    for preset in presets:
+        check_preset(preset)
+    strengths(magnitude)
+    histories, test_accuracy = {}, {}
+    for preset in tqdm(presets, desc="ablation", disable=not progress):
+        train.seed_everything(settings.seed)
+        model, processor = models.load_model(settings.model_name, splits.classes, random_init=random_init)
+        aug = build(preset, ImageSpec.from_processor(processor), magnitude, num_classes=len(splits.classes))
+        run = splits.with_transforms(aug.train_transform, aug.eval_transform)
+        histories[preset] = train.fit(model, run.train, run.val, settings, batch_transform=aug.batch_transform,
+                                      progress=progress)
+        predictions = evaluate.predict(model, run.test, batch_size=settings.batch_size, progress=False)
+        test_accuracy[preset] = evaluate.accuracy(predictions.preds, predictions.labels)
+    return AblationResult(magnitude, histories, test_accuracy)

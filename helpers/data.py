@@ -2,29 +2,46 @@
 
 Names: `digits` (scikit-learn's 8x8 digits upsampled to 32 px RGB; ships with scikit-learn,
 always offline), `cifar10`, `cifar100` (downloaded once when online), and
-`imagefolder:<path>` (a folder with one subfolder of images per class).
+`imagefolder:<path>` (a folder with one subfolder of images per class). Hugging Face
+`datasets` loads through `load_hf_dataset` when the optional extra is installed.
 Every dataset yields `(transform(image), label)` where `image` is a uint8 tensor [3, H, W].
+
+For a folder of your own photos: `scan_folder` (what is wrong, with paths), `find_leaks`
+(no file or identical content in two splits), class balance (`class_counts`,
+`class_weights`, `weighted_sampler`), `channel_mean_std`, and DataLoader throughput
+(`measure_throughput`). `export_image_folder` and `plant_messy_folder` build such a
+folder from any dataset, for the lesson and the tests.
 """
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import pickle
+import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+from tqdm.auto import tqdm
 
 DATASET_NAMES = ("digits", "cifar10", "cifar100", "imagefolder:<path>")
 DEFAULT_ROOT = Path(os.environ.get("COURSE_DATA", Path.home() / ".cache" / "vit-course" / "data"))
 TINY_IMAGE_SIDE = 16
+SPLIT_NAMES = ("train", "val", "test")
+HF_DATASETS_MISSING = (
+    "Hugging Face `datasets` is not installed: install the optional extra with "
+    "`pip install -e '.[datasets]'` (or `pip install datasets`) and rerun."
+)
 
 
 # ---------------------------------------------------------------- transforms
@@ -118,8 +135,26 @@ class FileImages(LabeledImages):
 def read_rgb(path: Path) -> torch.Tensor:
     """Decode an image file of any mode to a uint8 RGB tensor [3, H, W]."""
     with Image.open(path) as image:
-        rgb = image.convert("RGB")
-    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
+        return pil_to_rgb(image)
+
+
+def pil_to_rgb(image: Image.Image) -> torch.Tensor:
+    """A PIL image of any mode (L, P, RGBA, CMYK, ...) as a uint8 RGB tensor [3, H, W]."""
+    return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
+
+
+class HubImages(LabeledImages):
+    """A Hugging Face `datasets.Dataset` with an image column and a ClassLabel column, as `LabeledImages`."""
+
+    def __init__(self, table, image_column: str, label_column: str, transform=None):
+        super().__init__(table[label_column], table.features[label_column].names, transform)
+        self.table, self.image_column, self.label_column = table, image_column, label_column
+
+    def image(self, index: int) -> torch.Tensor:
+        return pil_to_rgb(self.table[index][self.image_column])
+
+    def subset(self, indices) -> "HubImages":
+        return HubImages(self.table.select(list(indices)), self.image_column, self.label_column, self.transform)
 
 
 @dataclass
@@ -248,7 +283,50 @@ def read_cifar_batches(folder: Path, files: list[str], classes) -> TensorImages:
     return TensorImages(torch.from_numpy(np.concatenate(images)), labels, classes)
 
 
+def hf_datasets_installed() -> bool:
+    """True when the optional Hugging Face `datasets` package can be imported."""
+    return importlib.util.find_spec("datasets") is not None
+
+
+def load_hf_dataset(name: str, split: str = "train", *, image_column: str | None = None,
+                    label_column: str | None = None) -> HubImages:
+    """A split of a Hugging Face dataset (hub id, or a local class-per-subfolder folder) as `HubImages`.
+
+    The image and label columns default to the first `Image` and `ClassLabel` features.
+    Needs the optional extra `datasets`; a hub id also needs the network or a cache.
+    """
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError(HF_DATASETS_MISSING) from None
+    folder = Path(name).expanduser()
+    try:
+        if folder.is_dir():
+            table = datasets.load_dataset("imagefolder", data_dir=str(folder), split=split)
+        else:
+            table = datasets.load_dataset(name, split=split)
+    except (ConnectionError, FileNotFoundError) as error:
+        raise FileNotFoundError(
+            f"Hugging Face dataset {name!r} is not on this disk and could not be fetched ({error}): connect once "
+            "so it downloads, or give a local folder with one subfolder of images per class."
+        ) from None
+    image_column = image_column or first_column_of_type(table, datasets.Image, "image_column")
+    label_column = label_column or first_column_of_type(table, datasets.ClassLabel, "label_column")
+    return HubImages(table, image_column, label_column)
+
+
+def first_column_of_type(table, feature_type, argument: str) -> str:
+    for column, feature in table.features.items():
+        if isinstance(feature, feature_type):
+            return column
+    raise ValueError(f"The dataset has no {feature_type.__name__} column among {list(table.features)}: "
+                     f"name the column with {argument}=.")
+
+
 # ---------------------------------------------------------------- your own folder of images
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
 @dataclass
 class Problem:
     """One finding of `scan_folder`: which file, what is wrong, and what the kit does about it."""
@@ -265,6 +343,7 @@ class Problem:
 class FolderScan:
     """The readable images of a class-per-subfolder tree, and every problem found on the way."""
 
+    root: Path
     paths: list[Path] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
@@ -275,8 +354,11 @@ class FolderScan:
         return [p.path for p in self.problems if p.action.startswith("skipped")]
 
     def report(self) -> str:
-        head = f"{len(self.paths)} readable images in {len(self.classes)} classes; {len(self.problems)} problems"
-        return "\n".join([head, *(f"  {problem}" for problem in self.problems)])
+        """One line per problem, with paths relative to the scanned folder."""
+        head = (f"{len(self.paths)} readable images in {len(self.classes)} classes; {len(self.problems)} problems, "
+                f"{len(self.skipped)} files skipped")
+        lines = [f"  {p.path.relative_to(self.root)}: {p.issue} -> {p.action}" for p in self.problems]
+        return "\n".join([head, *lines])
 
 
 def scan_folder(path: str | os.PathLike) -> FolderScan:
@@ -284,11 +366,12 @@ def scan_folder(path: str | os.PathLike) -> FolderScan:
     root = Path(path).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"No folder at {root}: give a folder with one subfolder of images per class.")
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    scan = FolderScan()
+    scan = FolderScan(root)
+    for loose in sorted(f for f in root.iterdir() if f.is_file() and not f.name.startswith(".")):
+        scan.problems.append(Problem(loose, "not inside a class folder", "skipped; move it into its class folder"))
     first_seen: dict[str, Path] = {}
-    for class_dir in class_dirs:
-        files = sorted(f for f in class_dir.rglob("*") if f.is_file())
+    for class_dir in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        files = sorted(f for f in class_dir.rglob("*") if f.is_file() and not f.name.startswith("."))
         if not files:
             scan.problems.append(Problem(class_dir, "empty class folder", "class left out"))
             continue
@@ -299,7 +382,7 @@ def scan_folder(path: str | os.PathLike) -> FolderScan:
             if digest is None:
                 continue
             if digest in first_seen:
-                scan.problems.append(Problem(file, f"exact duplicate of {first_seen[digest]}",
+                scan.problems.append(Problem(file, f"exact duplicate of {first_seen[digest].relative_to(root)}",
                                              "skipped, so one image cannot land in two splits"))
                 continue
             first_seen[digest] = file
@@ -321,7 +404,12 @@ def inspect_image(file: Path, problems: list[Problem]) -> str | None:
         problems.append(Problem(file, f"mode {mode}", "converted to RGB"))
     if min(size) < TINY_IMAGE_SIDE:
         problems.append(Problem(file, f"tiny image {size[0]}x{size[1]}", "kept; upsampled to the model's size"))
-    return hashlib.sha256(file.read_bytes()).hexdigest()
+    return file_hash(file)
+
+
+def file_hash(path: Path) -> str:
+    """sha256 of a file's bytes: equal for exact copies, whatever their names."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def load_image_folder(path: str | os.PathLike) -> FileImages:
@@ -337,16 +425,432 @@ def load_image_folder(path: str | os.PathLike) -> FileImages:
     return FileImages(scan.paths, scan.labels, scan.classes)
 
 
+def export_image_folder(dataset: LabeledImages, root: str | os.PathLike, per_class: int | None = None) -> Path:
+    """Write `dataset` as PNG files `root/<class>/<index>.png`, at most `per_class` per class; returns `root`."""
+    root = Path(root).expanduser()
+    if root.exists() and any(root.iterdir()):
+        raise ValueError(f"{root} is not empty: export into a new or empty folder so no old files mix in.")
+    written = Counter()
+    for index in tqdm(range(len(dataset)), desc="writing PNGs", leave=False):
+        label = dataset.labels[index]
+        if per_class is not None and written[label] >= per_class:
+            continue
+        folder = root / dataset.classes[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(dataset.image(index).permute(1, 2, 0).numpy()).save(folder / f"{index:05d}.png")
+        written[label] += 1
+    return root
+
+
+def plant_messy_folder(root: str | os.PathLike) -> dict[str, Path]:
+    """Give a clean class-per-subfolder tree the usual mess of real photos; returns {problem: path}.
+
+    In the first class: a truncated JPEG, a grayscale and an RGBA PNG (converted in place),
+    a non-image file, and an exact copy of its first image filed under the second class.
+    In the second class: a palette PNG, a CMYK JPEG and a tiny 8x8 image. Plus an empty class folder.
+    """
+    root = Path(root).expanduser()
+    class_dirs = [d for d in sorted(root.iterdir()) if d.is_dir() and len(image_files(d)) >= 4] if root.is_dir() else []
+    if len(class_dirs) < 2:
+        raise ValueError(f"{root} needs two class folders with at least 4 images each to plant the mess in.")
+    (first, second), images = class_dirs[:2], [image_files(d) for d in class_dirs[:2]]
+    duplicate = second / f"copy_of_{first.name}_{images[0][0].name}"
+    duplicate.write_bytes(images[0][0].read_bytes())
+    notes = first / "notes.txt"
+    notes.write_text("camera settings, not an image\n")
+    empty = root / "empty_class"
+    empty.mkdir()
+    return {
+        "truncated JPEG": rewrite(images[0][-1], "RGB", ".jpg", truncate=True),
+        "grayscale PNG (mode L)": rewrite(images[0][-2], "L", ".png"),
+        "RGBA PNG": rewrite(images[0][-3], "RGBA", ".png"),
+        "palette PNG (mode P)": rewrite(images[1][-1], "P", ".png"),
+        "CMYK JPEG": rewrite(images[1][-2], "CMYK", ".jpg"),
+        "tiny image (8x8)": rewrite(images[1][-3], "RGB", ".png", side=8),
+        "exact duplicate across classes": duplicate,
+        "not an image": notes,
+        "empty class folder": empty,
+    }
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def rewrite(path: Path, mode: str, suffix: str, *, side: int | None = None, truncate: bool = False) -> Path:
+    """Replace the image at `path` by the same picture in `mode` and format `suffix` (resized, or truncated)."""
+    with Image.open(path) as image:
+        image = image.convert(mode)
+    if side is not None:
+        image = image.resize((side, side))
+    path.unlink()
+    target = path.with_suffix(suffix)
+    if suffix == ".jpg":
+        image.save(target, quality=95)
+    else:
+        image.save(target)
+    if truncate:
+        target.write_bytes(target.read_bytes()[: target.stat().st_size * 2 // 3])
+    return target
+
+
+# ---------------------------------------------------------------- leakage between splits
+@dataclass
+class Leak:
+    """One item found in two splits: by the same file, or by identical content under another name."""
+
+    kind: str
+    first: str
+    second: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.first} and {self.second}"
+
+
+@dataclass
+class LeakageReport:
+    """The leaks between train, val and test, and how many items each split holds."""
+
+    leaks: list[Leak]
+    sizes: dict[str, int]
+
+    @property
+    def ok(self) -> bool:
+        return not self.leaks
+
+    def __str__(self) -> str:
+        checked = ", ".join(f"{name} {size}" for name, size in self.sizes.items())
+        if self.ok:
+            return f"no leaks: no file and no identical content in two splits ({checked})"
+        lines = [f"{len(self.leaks)} leak(s) between splits ({checked}):"]
+        lines += [f"  {leak}" for leak in self.leaks[:10]]
+        if len(self.leaks) > 10:
+            lines.append(f"  ... and {len(self.leaks) - 10} more")
+        return "\n".join(lines)
+
+
+def content_hash(dataset: LabeledImages, index: int) -> str:
+    """sha256 of item `index`: its file's bytes for images on disk, its pixels (and shape) otherwise."""
+    if isinstance(dataset, FileImages):
+        return file_hash(dataset.paths[index])
+    image = dataset.image(index).contiguous()
+    return hashlib.sha256(str(tuple(image.shape)).encode() + image.numpy().tobytes()).hexdigest()
+
+
+def find_leaks(splits: Splits) -> LeakageReport:
+    """Every item of val or test that is also in an earlier split: the same file, or the same content."""
+    first_seen: dict[tuple[str, str], str] = {}
+    leaks = []
+    for split_name in SPLIT_NAMES:
+        dataset = getattr(splits, split_name)
+        for index in range(len(dataset)):
+            item = describe_item(split_name, dataset, index)
+            keys = [("same file", str(dataset.paths[index].resolve()))] if isinstance(dataset, FileImages) else []
+            keys.append(("same content", content_hash(dataset, index)))
+            for kind, key in keys:
+                seen = first_seen.setdefault((kind, key), item)
+                if not seen.startswith(split_name + " "):
+                    leaks.append(Leak(kind, seen, item))
+                    break
+    return LeakageReport(leaks, {name: len(getattr(splits, name)) for name in SPLIT_NAMES})
+
+
+def describe_item(split_name: str, dataset: LabeledImages, index: int) -> str:
+    if isinstance(dataset, FileImages):
+        return f"{split_name} {Path(*dataset.paths[index].parts[-2:])}"
+    return f"{split_name} #{index}"
+
+
+# ---------------------------------------------------------------- class balance
+def class_counts(dataset: LabeledImages) -> np.ndarray:
+    """Images per class, in class order (zeros included)."""
+    return np.bincount(dataset.labels, minlength=len(dataset.classes))
+
+
+def plot_class_balance(splits: Splits, title: str = "class balance per split") -> Figure:
+    """Each class's share of train, val and test side by side: equal bars mean a stratified split."""
+    fig = Figure(figsize=(max(5.0, 0.45 * len(splits.classes) + 2), 3.2), layout="constrained")
+    ax = fig.subplots()
+    positions = np.arange(len(splits.classes))
+    width = 0.8 / len(SPLIT_NAMES)
+    for k, name in enumerate(SPLIT_NAMES):
+        counts = class_counts(getattr(splits, name))
+        ax.bar(positions + (k - 1) * width, counts / max(1, counts.sum()), width, label=f"{name} ({counts.sum()})")
+    ax.set_xticks(positions, splits.classes, rotation=45 if len(splits.classes) > 12 else 0)
+    ax.set(xlabel="class", ylabel="share of the split", title=title)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def long_tailed_subset(dataset: LabeledImages, imbalance_ratio: float, seed: int) -> LabeledImages:
+    """A subset whose class sizes fall geometrically from the smallest class's size down by `imbalance_ratio`."""
+    if imbalance_ratio < 1:
+        raise ValueError(f"imbalance_ratio must be 1 or more (largest / smallest class), got {imbalance_ratio}.")
+    labels = np.asarray(dataset.labels)
+    rng = np.random.default_rng(seed)
+    head_size = class_counts(dataset).min()
+    num_classes = len(dataset.classes)
+    keep = []
+    for c in range(num_classes):
+        size = max(1, round(head_size * imbalance_ratio ** (-c / max(1, num_classes - 1))))
+        keep.extend(rng.permutation(np.flatnonzero(labels == c))[:size])
+    return dataset.subset(sorted(keep))
+
+
+def class_weights(labels, num_classes: int | None = None) -> torch.Tensor:
+    """Per-class loss weights N / (C * count): rare classes weigh more, and the mean weight per image is 1.
+
+    Use them as `torch.nn.CrossEntropyLoss(weight=class_weights(labels))`.
+    """
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=num_classes or 0)
+    if (counts == 0).any():
+        missing = np.flatnonzero(counts == 0).tolist()
+        raise ValueError(f"Class(es) {missing} have no images, so they cannot be weighted: drop them or add images.")
+    return torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32)
+
+
+def weighted_sampler(labels, num_samples: int | None = None,
+                     generator: torch.Generator | None = None) -> WeightedRandomSampler:
+    """A sampler that draws every class equally often (with replacement): pass it to `make_loader(sampler=...)`."""
+    labels = np.asarray(labels, dtype=int)
+    if len(labels) == 0:
+        raise ValueError("A weighted sampler needs at least one label.")
+    per_item = 1.0 / np.bincount(labels)[labels]
+    return WeightedRandomSampler(torch.as_tensor(per_item, dtype=torch.double), num_samples or len(labels),
+                                 replacement=True, generator=generator)
+
+
+# ---------------------------------------------------------------- statistics
+def channel_mean_std(dataset: LabeledImages, max_images: int | None = None) -> tuple[tuple, tuple]:
+    """Per-channel mean and standard deviation over every pixel of the raw images, on the [0, 1] scale."""
+    count = len(dataset) if max_images is None else min(max_images, len(dataset))
+    if count == 0:
+        raise ValueError("The dataset is empty: there is nothing to average.")
+    total = torch.zeros(3, dtype=torch.float64)
+    squares = torch.zeros(3, dtype=torch.float64)
+    pixels = 0
+    for index in range(count):
+        image = dataset.image(index).to(torch.float64) / 255
+        total += image.sum((1, 2))
+        squares += (image**2).sum((1, 2))
+        pixels += image[0].numel()
+    mean = total / pixels
+    std = (squares / pixels - mean**2).clamp_min(0).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
 # ---------------------------------------------------------------- feeding
 def make_loader(dataset, batch_size: int, *, shuffle_generator: torch.Generator | None = None,
-                num_workers: int = 0) -> DataLoader:
-    """A DataLoader: shuffled by `shuffle_generator` for training, in order for evaluation."""
+                num_workers: int = 0, sampler=None, pin_memory: bool | None = None,
+                persistent_workers: bool | None = None) -> DataLoader:
+    """A DataLoader: shuffled by `shuffle_generator` (or drawn by `sampler`) for training, in order for evaluation.
+
+    `pin_memory` defaults to whether CUDA is available, `persistent_workers` to `num_workers > 0`.
+    """
+    if sampler is not None and shuffle_generator is not None:
+        raise ValueError("Give either a shuffle_generator or a sampler, not both: the sampler decides the order.")
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle_generator is not None,
         generator=shuffle_generator,
+        sampler=sampler,
         num_workers=num_workers,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        persistent_workers=num_workers > 0 if persistent_workers is None else persistent_workers and num_workers > 0,
     )
+
+
+@dataclass(frozen=True)
+class LoaderOptions:
+    """The DataLoader options that decide how fast images arrive."""
+
+    num_workers: int
+    pin_memory: bool = False
+    persistent_workers: bool = False
+
+
+def loader_options_to_compare(cuda: bool | None = None) -> list[LoaderOptions]:
+    """num_workers 0, 1, 2 (workers persistent or not), each with and without pin_memory when CUDA is here.
+
+    Pinned memory only speeds up copies to a GPU, so without CUDA it is left out.
+    """
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    pins = (False, True) if cuda else (False,)
+    options = [LoaderOptions(0, pin) for pin in pins]
+    options += [LoaderOptions(workers, pin, persistent) for workers in (1, 2) for persistent in (False, True)
+                for pin in pins]
+    return options
+
+
+def measure_throughput(dataset, batch_size: int, options: list[LoaderOptions] | None = None, epochs: int = 2,
+                       device: str | None = None) -> list[dict]:
+    """Images per second through a DataLoader for each of `options`, over `epochs` passes (worker start-up included).
+
+    Each batch is copied to `device` (default: CUDA when available), as training does. Each row also
+    gives the wait for the first batch of the first and of the last epoch: persistent workers skip
+    the restart between epochs.
+    """
+    if epochs < 1 or len(dataset) == 0:
+        raise ValueError("Measure at least one epoch over a dataset with at least one image.")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rows = []
+    for option in tqdm(options or loader_options_to_compare(), desc="loader options", leave=False):
+        loader = make_loader(dataset, batch_size, num_workers=option.num_workers, pin_memory=option.pin_memory,
+                             persistent_workers=option.persistent_workers)
+        first_waits, started = [], time.perf_counter()
+        for _ in range(epochs):
+            epoch_start = time.perf_counter()
+            for batch_index, (images, _labels) in enumerate(loader):
+                if batch_index == 0:
+                    first_waits.append(time.perf_counter() - epoch_start)
+                images.to(device, non_blocking=option.pin_memory)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        del loader  # shuts persistent workers down before the next option starts its own
+        rows.append({
+            "num_workers": option.num_workers, "pin_memory": option.pin_memory,
+            "persistent_workers": option.persistent_workers,
+            "images/s": epochs * len(dataset) / seconds,
+            "first batch, epoch 1 (s)": first_waits[0], f"first batch, epoch {epochs} (s)": first_waits[-1],
+        })
+    return rows
+
+
+def resize_cost(dataset: LabeledImages, spec: ImageSpec, sides, patch_sizes=(16,), n: int = 64) -> list[dict]:
+    """What feeding images at each square side costs: pixels, memory, resize time (mean of `n`), ViT tokens."""
+    images = [dataset.image(i) for i in range(min(n, len(dataset)))]
+    native_side = images[0].shape[-1]
+    rows = []
+    for side in sides:
+        transform = eval_transform(replace(spec, size=(side, side)))
+        started = time.perf_counter()
+        for image in images:
+            transform(image)
+        row = {
+            "side (px)": side, "pixels vs native": (side / native_side) ** 2,
+            "KiB per image (float32)": 3 * side * side * 4 / 1024,
+            "ms per image (resize + normalise)": 1000 * (time.perf_counter() - started) / len(images),
+        }
+        row.update({f"tokens at patch {p} (+ CLS)": (side // p) ** 2 + 1 for p in patch_sizes})
+        rows.append(row)
+    return rows
+
+
+def plot_before_after(image: torch.Tensor, processed: torch.Tensor, spec: ImageSpec) -> Figure:
+    """A raw uint8 image, the same image as the model receives it (shown un-normalised), and both value ranges."""
+    fig = Figure(figsize=(9, 2.8), layout="constrained")
+    ax_raw, ax_processed, ax_hist = fig.subplots(1, 3)
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in (spec.mean, spec.std))
+    ax_raw.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax_raw.set_title(f"before: {image.shape[1]}x{image.shape[2]} uint8", fontsize=9)
+    ax_processed.imshow((processed * std + mean).clamp(0, 1).permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax_processed.set_title(f"after: {processed.shape[1]}x{processed.shape[2]} float32", fontsize=9)
+    for ax in (ax_raw, ax_processed):
+        ax.axis("off")
+    ax_hist.hist(image.flatten().numpy() / 255, bins=40, alpha=0.6, label="before, / 255")
+    ax_hist.hist(processed.flatten().numpy(), bins=40, alpha=0.6, label="after (normalised)")
+    ax_hist.set(title="pixel values", yscale="log")
+    ax_hist.legend(fontsize=8)
+    return fig
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Rows of equal keys as a markdown table (display it with IPython.display.Markdown)."""
+    if not rows:
+        return ""
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(format_cell(row[key]) for key in header) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def format_cell(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+    return str(value)
+
+
+# ---------------------------------------------------------------- exercise checkers
+def dataset_with_duplicates(seed: int = 0) -> TensorImages:
+    """120 distinct random images in 4 classes plus 12 exact copies, 4 of them filed under another class."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (120, 3, 8, 8), generator=generator, dtype=torch.uint8)
+    labels = [i % 4 for i in range(120)]
+    copied = list(range(0, 24, 2))
+    copy_labels = [(labels[i] + 1) % 4 if k % 3 == 0 else labels[i] for k, i in enumerate(copied)]
+    return TensorImages(torch.cat([images, images[copied]]), labels + copy_labels, ["a", "b", "c", "d"])
+
+
+def check_clean_split(make_splits) -> bool:
+    """Exercise checker for `make_splits(dataset, seed) -> Splits`: True, or AssertionError saying what is wrong."""
+    dataset = dataset_with_duplicates()
+    distinct = {content_hash(dataset, i) for i in range(len(dataset))}
+    splits = make_splits(dataset, seed=0)
+    if not isinstance(splits, Splits):
+        raise AssertionError(f"Return a helpers.data.Splits(train, val, test, classes), not {type(splits).__name__}.")
+    report = find_leaks(splits)
+    if not report.ok:
+        raise AssertionError(f"{len(report.leaks)} image(s) are in two splits (e.g. {report.leaks[0]}): drop exact "
+                             "duplicates (same content_hash) before splitting.")
+    hashes = split_hashes(splits)
+    every = [h for name in SPLIT_NAMES for h in hashes[name]]
+    if len(every) != len(set(every)):
+        raise AssertionError("A split holds the same image twice: keep one copy of each duplicate.")
+    if set(every) != distinct:
+        raise AssertionError(f"The splits hold {len(set(every))} distinct images but the dataset has {len(distinct)}: "
+                             "every distinct image must be in exactly one split.")
+    for name in ("val", "test"):
+        share = len(getattr(splits, name)) / len(every)
+        if not 0.1 <= share <= 0.2:
+            raise AssertionError(f"{name} holds {share:.0%} of the images: aim for about 70/15/15.")
+    overall = np.bincount([label for name in SPLIT_NAMES for label in getattr(splits, name).labels], minlength=4)
+    for name in SPLIT_NAMES:
+        counts = class_counts(getattr(splits, name))
+        expected = overall / overall.sum() * counts.sum()
+        if np.abs(counts - expected).max() > 1.5:
+            raise AssertionError(f"The {name} split has {counts.tolist()} images per class but a stratified split "
+                                 f"would have about {np.round(expected, 1).tolist()}: pass stratify=labels.")
+    if split_hashes(make_splits(dataset, seed=0)) != hashes:
+        raise AssertionError("The same seed gave different splits: pass random_state=seed to every random step.")
+    if split_hashes(make_splits(dataset, seed=1)) == hashes:
+        raise AssertionError("Seeds 0 and 1 gave the same splits: use the seed argument, not a fixed number.")
+    print(f"Correct: {len(distinct)} distinct images, stratified {[len(hashes[n]) for n in SPLIT_NAMES]}, "
+          "seeded, and no image in two splits.")
+    return True
+
+
+def split_hashes(splits: Splits) -> dict[str, list[str]]:
+    return {name: sorted(content_hash(getattr(splits, name), i) for i in range(len(getattr(splits, name))))
+            for name in SPLIT_NAMES}
+
+
+def check_channel_stats(channel_stats) -> bool:
+    """Exercise checker for `channel_stats(dataset) -> (mean, std)`, 3 numbers each on the [0, 1] scale."""
+    generator = torch.Generator().manual_seed(0)
+    base = torch.tensor([40.0, 120.0, 200.0]).view(1, 3, 1, 1)
+    brightness = torch.linspace(-30, 30, 24).view(-1, 1, 1, 1)
+    noise = torch.randn(24, 3, 6, 6, generator=generator) * torch.tensor([10.0, 25.0, 5.0]).view(1, 3, 1, 1)
+    images = (base + brightness + noise).clamp(0, 255).round().to(torch.uint8)
+    dataset = TensorImages(images, [0] * 24, ["only"])
+    expected_mean, expected_std = (np.array(v) for v in channel_mean_std(dataset))
+    mean, std = (np.asarray(v, dtype=float).reshape(-1) for v in channel_stats(dataset))
+    if mean.shape != (3,) or std.shape != (3,):
+        raise AssertionError(f"Return (mean, std) with one number per channel (3 each), got {mean.size} and {std.size}.")
+    if np.allclose(mean, expected_mean * 255, atol=0.3):
+        raise AssertionError("The mean is on the 0-255 scale: divide the uint8 pixels by 255 first.")
+    if not np.allclose(mean, expected_mean, atol=1e-3):
+        raise AssertionError(f"The means {mean.round(3).tolist()} should be {expected_mean.round(3).tolist()}: average "
+                             "each channel over every pixel of every image.")
+    per_image_std = (images.double() / 255).std((2, 3), correction=0).mean(0).numpy()
+    if np.allclose(std, per_image_std, atol=1e-3):
+        raise AssertionError("That is the average of per-image stds: take the std over all pixels of all images "
+                             "together (E[x^2] - E[x]^2), which also counts differences between images.")
+    if not np.allclose(std, expected_std, atol=2e-3):
+        raise AssertionError(f"The stds {std.round(3).tolist()} should be {expected_std.round(3).tolist()}: take the "
+                             "square root of E[x^2] - E[x]^2 per channel, over all pixels.")
+    print(f"Correct: mean {mean.round(3).tolist()}, std {std.round(3).tolist()} per channel.")
+    return True

@@ -1,5 +1,9 @@
 """Evaluate image classifiers: predictions, metrics, calibration, test-time augmentation,
-robustness to corruptions, uncertainty of a measured accuracy, and the matching figures.
+robustness to corruptions, uncertainty of a measured accuracy, error analysis with attention
+rollout, shipping checks (throughput, size, ONNX), and the matching figures.
+
+``finetuned(settings)`` gives a lesson its fine-tuned model: trained once with
+``helpers.train.fit`` and cached on disk, keyed by the settings.
 
 Functions take numpy arrays or torch tensors and return numbers, numpy arrays or small
 dataclasses. Shapes: ``logits`` and ``probs`` are [N, C]; ``labels`` and ``preds`` are [N]
@@ -11,8 +15,16 @@ notebook shows each one exactly once and scripts leak no open figures.
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.util
+import json
 import math
-from dataclasses import dataclass
+import os
+import shutil
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
@@ -24,10 +36,15 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from helpers.data import make_loader
-from helpers.train import logits_of
+from helpers import models
+from helpers.attention import attention_rollout, overlay
+from helpers.data import ImageSpec, Splits, eval_transform, load_dataset, make_loader, read_rgb
+from helpers.plots import as_displayable
+from helpers.profiles import Settings, device_name
+from helpers.scratch import grid_size
+from helpers.train import History, fit, logits_of
 
-TTA_MODES = ("flip", "flip+crops")
+TTA_MODES = ("flip", "crops", "flip+crops")
 CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "brightness")
 SEVERITIES = (1, 2, 3, 4, 5)
 
@@ -71,35 +88,29 @@ def predict(
 
     Works with Hugging Face classifiers (output ``.logits``) and modules returning a logits
     tensor. ``device`` moves the model there first; by default it runs where the model is.
-    ``tta``: None, ``"flip"`` (image + horizontal flip: 2 views) or ``"flip+crops"`` (each of
-    those plus 4 copies shifted by 1/16 of the image side up, down, left and right, borders
-    filled by reflection: 10 views); the views' probabilities are averaged.
+    ``tta``: None, ``"flip"`` (image + horizontal flip: 2 views), ``"crops"`` (image + 4 copies
+    shifted by 1/16 of the image side up, down, left and right, borders filled by reflection:
+    5 views) or ``"flip+crops"`` (both: 10 views); the views' probabilities are averaged.
     Every module's train/eval mode is restored afterwards.
     """
     if tta not in (None, *TTA_MODES):
-        raise ValueError(f"Unknown tta={tta!r}; use None, 'flip' or 'flip+crops'.")
+        raise ValueError(f"Unknown tta={tta!r}; use None, 'flip', 'crops' or 'flip+crops'.")
     if len(dataset) == 0:
         raise ValueError("predict got an empty dataset; pass a dataset with at least one image.")
     if device is not None:
         model.to(device)
-    device = next(model.parameters(), torch.empty(0)).device
+    device = _device_of(model)
     loader = make_loader(dataset, batch_size, num_workers=num_workers)
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
     logits, labels = [], []
-    try:
-        with torch.inference_mode():
-            for images, targets in tqdm(loader, desc="predict", disable=not progress):
-                if not images.is_floating_point():
-                    raise TypeError(
-                        f"predict needs float image tensors but got {images.dtype}; give the dataset "
-                        "the model's eval transform (helpers.data.eval_transform)."
-                    )
-                logits.append(_tta_logits(model, images.to(device), tta).cpu())
-                labels.append(torch.as_tensor(targets))
-    finally:
-        for module, training in modes.items():
-            module.training = training
+    with _eval_mode(model), torch.inference_mode():
+        for images, targets in tqdm(loader, desc="predict", disable=not progress):
+            if not images.is_floating_point():
+                raise TypeError(
+                    f"predict needs float image tensors but got {images.dtype}; give the dataset "
+                    "the model's eval transform (helpers.data.eval_transform)."
+                )
+            logits.append(_tta_logits(model, images.to(device), tta).cpu())
+            labels.append(torch.as_tensor(targets))
     all_logits = torch.cat(logits)
     probs = all_logits.softmax(dim=1)
     return Predictions(
@@ -108,6 +119,22 @@ def predict(
         labels=torch.cat(labels).numpy(),
         preds=probs.argmax(dim=1).numpy(),
     )
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters(), torch.empty(0)).device
+
+
+@contextmanager
+def _eval_mode(model: torch.nn.Module):
+    """Put every module in eval mode for the block, then restore each one's own train/eval mode."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes.items():
+            module.training = training
 
 
 def _tta_logits(model: torch.nn.Module, images: torch.Tensor, tta: str | None) -> torch.Tensor:
@@ -120,12 +147,12 @@ def _tta_logits(model: torch.nn.Module, images: torch.Tensor, tta: str | None) -
 
 
 def _tta_views(images: torch.Tensor, tta: str) -> list[torch.Tensor]:
-    flips = [images, images.flip(-1)]
-    if tta == "flip":
-        return flips
+    bases = [images, images.flip(-1)] if "flip" in tta else [images]
+    if "crops" not in tta:
+        return bases
     shift = max(1, round(min(images.shape[-2:]) / 16))
     offsets = [(shift, 0), (-shift, 0), (0, shift), (0, -shift)]
-    return [view for image in flips for view in (image, *(_shifted(image, dy, dx) for dy, dx in offsets))]
+    return [view for image in bases for view in (image, *(_shifted(image, dy, dx) for dy, dx in offsets))]
 
 
 def _shifted(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -134,6 +161,56 @@ def _shifted(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     pad = max(abs(dy), abs(dx))
     padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")
     return padded[..., pad - dy : pad - dy + height, pad - dx : pad - dx + width]
+
+
+TTA_VIEWS = {None: 1, "flip": 2, "crops": 5, "flip+crops": 10}  # forward passes per image
+
+
+@dataclass
+class TTAResult:
+    """Accuracy and cost of predicting with one test-time augmentation mode."""
+
+    mode: str  # "none" or one of TTA_MODES
+    views: int  # forward passes per image
+    accuracy: float
+    seconds: float  # wall time of the whole prediction
+    predictions: Predictions
+
+
+def compare_tta(
+    model: torch.nn.Module,
+    dataset,
+    modes: tuple[str | None, ...] = (None, *TTA_MODES),
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    *,
+    progress: bool = True,
+) -> list[TTAResult]:
+    """Predict ``dataset`` once per TTA mode (None: no TTA) and measure accuracy and wall time of each."""
+    results = []
+    for mode in tqdm(modes, desc="tta modes", disable=not progress):
+        started = time.perf_counter()
+        predictions = predict(model, dataset, batch_size, tta=mode, device=device, progress=False)
+        seconds = time.perf_counter() - started
+        results.append(
+            TTAResult(mode or "none", TTA_VIEWS[mode], accuracy(predictions.preds, predictions.labels), seconds, predictions)
+        )
+    return results
+
+
+def tta_table(results: list[TTAResult]) -> str:
+    """A Markdown table of ``compare_tta`` results; gain and cost are relative to the first row."""
+    if not results:
+        raise ValueError("tta_table needs at least one TTAResult; pass the output of compare_tta.")
+    base = results[0]
+    lines = ["| TTA | views | accuracy | gain (points) | seconds | cost |", "|---|---:|---:|---:|---:|---:|"]
+    for row in results:
+        gain = 100 * (row.accuracy - base.accuracy)
+        cost = row.seconds / max(base.seconds, 1e-9)
+        lines.append(
+            f"| {row.mode} | {row.views} | {row.accuracy:.2%} | {gain:+.2f} | {row.seconds:.2f} | {cost:.1f}x |"
+        )
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------- input checks
@@ -587,3 +664,301 @@ def plot_robustness(results: dict[str, dict[int, float]]) -> Figure:
     ax.set(xlabel="severity (0 = clean)", ylabel="accuracy", ylim=(0, 1.02), title="Robustness to corruptions")
     ax.legend()
     return fig
+
+
+def plot_error_gallery(dataset, predictions: Predictions, indices, maps, alpha: float = 0.5) -> Figure:
+    """Chosen images of ``dataset`` (top row) above their attention maps overlaid (bottom row).
+
+    ``indices`` index both ``dataset`` (raw images via ``dataset.image``) and ``predictions``;
+    ``maps`` is [len(indices), rows, cols], e.g. from ``rollout_maps``. Titles: true -> predicted (confidence).
+    """
+    indices = [int(i) for i in indices]
+    if not indices or len(maps) != len(indices):
+        raise ValueError(f"Give one or more indices and one map per index; got {len(indices)} indices, {len(maps)} maps.")
+    fig = Figure(figsize=(1.6 * len(indices), 3.8), layout="constrained")
+    axes = fig.subplots(2, len(indices), squeeze=False)
+    for column, (index, heatmap) in enumerate(zip(indices, maps)):
+        image = dataset.image(index)
+        true_name = dataset.classes[predictions.labels[index]]
+        predicted_name = dataset.classes[predictions.preds[index]]
+        confidence = predictions.probs[index].max()
+        axes[0, column].imshow(as_displayable(image), interpolation="nearest")
+        axes[0, column].set_title(f"{true_name} -> {predicted_name}\n({confidence:.0%})", fontsize=9)
+        axes[1, column].imshow(overlay(image, heatmap, alpha))
+    for ax in axes.flat:
+        ax.axis("off")
+    axes[1, 0].set_title("rollout", fontsize=9, loc="left")
+    return fig
+
+
+# ---------------------------------------------------------------------------- error analysis
+
+
+def most_confident_mistakes(predictions: Predictions, k: int = 8) -> np.ndarray:
+    """Indices of the (at most) k wrong predictions with the highest confidence, most confident first."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1; got {k}.")
+    wrong = np.flatnonzero(~predictions.correct)
+    order = np.argsort(-predictions.probs[wrong].max(axis=1), kind="stable")
+    return wrong[order[:k]]
+
+
+def rollout_maps(
+    model: torch.nn.Module, dataset, indices, discard_ratio: float = 0.0, head_fusion: str = "mean"
+) -> torch.Tensor:
+    """Attention rollout ([len(indices), rows, cols]) of a transformers ViT on the chosen items of ``dataset``.
+
+    ``dataset`` yields model-ready images (with the eval transform). The model must return attention
+    weights: load it with ``attn_implementation="eager"``. See ``helpers.attention.attention_rollout``.
+    """
+    indices = [int(i) for i in indices]
+    patch_size = getattr(getattr(model, "config", None), "patch_size", None)
+    if patch_size is None:
+        raise ValueError("rollout_maps needs a transformers ViT: a model whose config has a patch_size.")
+    if not indices:
+        raise ValueError("rollout_maps got no indices; pass the images to explain, e.g. most_confident_mistakes(...).")
+    images = torch.stack([dataset[index][0] for index in indices])
+    grid = grid_size(tuple(images.shape[-2:]), patch_size)
+    with _eval_mode(model), torch.inference_mode():
+        attentions = model(images.to(_device_of(model)), output_attentions=True).attentions
+    return torch.stack(
+        [
+            attention_rollout(attentions, discard_ratio, head_fusion, grid=grid, index=position)
+            for position in range(len(indices))
+        ]
+    )
+
+
+# ---------------------------------------------------------------------------- a cached fine-tune
+
+FINETUNED_CACHE = Path.home() / ".cache" / "vit-course" / "finetuned"
+_SETTINGS_NOT_IN_KEY = ("profile", "reason", "num_workers")  # they do not change the trained weights
+
+
+@dataclass
+class FineTuned:
+    """A fine-tuned classifier with its data and training history, as ``finetuned`` returns it."""
+
+    model: torch.nn.Module  # in eval mode, on the best device here
+    processor: object  # its image processor
+    splits: Splits  # train / val / test, each with the model's eval transform
+    spec: ImageSpec
+    history: History
+    folder: Path  # the cached fine-tune, in save_pretrained format
+    reused: bool  # True when loaded from the cache, False when trained just now
+
+
+def finetune_key(settings: Settings) -> str:
+    """A short hash of what decides the fine-tuned weights: the settings, and the files of a local starting model."""
+    values = {f.name: getattr(settings, f.name) for f in fields(settings) if f.name not in _SETTINGS_NOT_IN_KEY}
+    source, local = models.resolve_source(settings.model_name)
+    if local:
+        values["model_files"] = {
+            str(path.relative_to(source)): _file_digest(path) for path in sorted(Path(source).rglob("*")) if path.is_file()
+        }
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def finetuned(
+    settings: Settings,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    attn_implementation: str | None = None,
+    progress: bool = True,
+) -> FineTuned:
+    """Fine-tune ``settings.model_name`` on ``settings.dataset_name``, or reuse the fine-tune cached for these settings.
+
+    Training is ``helpers.train.fit`` on the training split with the model's eval transform. The
+    result is saved with ``save_pretrained`` (plus ``history.json`` and ``settings.json``) in
+    ``cache_dir`` (default ~/.cache/vit-course/finetuned) under ``finetune_key(settings)``. The
+    model returned is always loaded from that folder, so a fresh and a reused fine-tune are the
+    same; ``attn_implementation="eager"`` makes it return attention weights.
+    """
+    splits = load_dataset(
+        settings.dataset_name, seed=settings.seed, train_size=settings.train_size, eval_size=settings.eval_size
+    )
+    folder = Path(cache_dir if cache_dir is not None else FINETUNED_CACHE).expanduser() / finetune_key(settings)
+    reused = (folder / "history.json").is_file()
+    if not reused:
+        _train_into(folder, settings, splits, progress)
+    model, processor = models.load_model(str(folder), splits.classes, attn_implementation=attn_implementation)
+    model.to(device_name()).eval()
+    spec = ImageSpec.from_processor(processor)
+    history = History(rows=json.loads((folder / "history.json").read_text()))
+    return FineTuned(model, processor, splits.with_transforms(eval_transform(spec)), spec, history, folder, reused)
+
+
+def _train_into(folder: Path, settings: Settings, splits: Splits, progress: bool) -> None:
+    """Fine-tune and save into ``folder``, written under a temporary name first so a finished folder is complete."""
+    model, processor = models.load_model(settings.model_name, splits.classes)
+    ready = splits.with_transforms(eval_transform(ImageSpec.from_processor(processor)))
+    history = fit(model, ready.train, ready.val, settings, progress=progress)
+    staging = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    processor.save_pretrained(staging)
+    (staging / "settings.json").write_text(json.dumps(asdict(settings), indent=1))
+    (staging / "history.json").write_text(json.dumps(history.rows, indent=1))
+    try:
+        staging.rename(folder)
+    except OSError:  # another run cached the same settings meanwhile
+        shutil.rmtree(staging)
+
+
+# ---------------------------------------------------------------------------- shipping
+
+
+def classify_file(model: torch.nn.Module, path: str | os.PathLike, transform) -> tuple[str, float]:
+    """Top-1 class name (from ``model.config.id2label``) and its probability for one image file.
+
+    The file is read with ``helpers.data.read_rgb`` and passed through ``transform`` (the model's eval
+    transform), exactly as the kit's datasets do.
+    """
+    image = transform(tv_tensors.Image(read_rgb(Path(path))))
+    with _eval_mode(model), torch.inference_mode():
+        probs = logits_of(model, image[None].to(_device_of(model))).float().softmax(dim=-1)[0]
+    top = int(probs.argmax())
+    return model.config.id2label[top], float(probs[top])
+
+
+def throughput(
+    model: torch.nn.Module,
+    image_size: tuple[int, int],
+    batch_sizes: tuple[int, ...] = (1, 8, 32, 128),
+    *,
+    min_seconds: float = 0.5,
+    precision: str = "no",
+) -> dict[int, float]:
+    """Inference images per second for each batch size, on random images [B, 3, H, W] where the model is.
+
+    Per batch size: one untimed warm-up pass, then passes until ``min_seconds`` have gone by (CUDA is
+    synchronised before the clock is read). ``precision`` "bf16" or "fp16" autocasts on a GPU.
+    """
+    if precision not in ("no", "bf16", "fp16"):
+        raise ValueError(f"precision must be 'no', 'bf16' or 'fp16'; got {precision!r}.")
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise ValueError(f"batch_sizes must be one or more positive integers; got {batch_sizes!r}.")
+    device = _device_of(model)
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+        if precision != "no" and device.type == "cuda"
+        else nullcontext()
+    )
+    results = {}
+    with _eval_mode(model), torch.inference_mode(), autocast:
+        for batch_size in batch_sizes:
+            images = torch.randn(batch_size, 3, *image_size, device=device)
+            logits_of(model, images)
+            passes, started = 0, time.perf_counter()
+            while True:
+                logits_of(model, images)
+                passes += 1
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                elapsed = time.perf_counter() - started
+                if elapsed >= min_seconds:
+                    break
+            results[batch_size] = passes * batch_size / elapsed
+    return results
+
+
+def size_on_disk(folder: str | os.PathLike) -> int:
+    """Bytes taken by all files under ``folder`` (e.g. a save_pretrained folder)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"No folder at {folder}: save the model there first (save_pretrained).")
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def onnx_available() -> bool:
+    """True when ONNX export can run here: torch's exporter needs the onnx and onnxscript packages."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxscript"))
+
+
+class _LogitsOnly(torch.nn.Module):
+    """Wraps a classifier so its forward returns the logits tensor alone (what ONNX export needs)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return logits_of(self.model, images)
+
+
+def export_onnx(model: torch.nn.Module, path: str | os.PathLike, example_images: torch.Tensor) -> Path:
+    """Export the classifier to one ONNX file: input ``images`` [batch, 3, H, W] (any batch), output ``logits``."""
+    if not onnx_available():
+        raise ModuleNotFoundError("ONNX export needs the onnx and onnxscript packages: pip install onnx onnxscript onnxruntime.")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapped = _LogitsOnly(model)
+    with _eval_mode(wrapped):
+        torch.onnx.export(
+            wrapped,
+            (example_images.to(_device_of(model)),),
+            str(path),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes={"images": {0: torch.export.Dim.DYNAMIC}},
+            external_data=False,
+            dynamo=True,
+        )
+    return path
+
+
+def onnx_max_difference(path: str | os.PathLike, model: torch.nn.Module, images: torch.Tensor) -> float:
+    """Largest absolute difference between the logits of an exported ONNX file and of the PyTorch model.
+
+    Runs the file with onnxruntime when it is installed, else with onnx's (slow) reference evaluator.
+    """
+    inputs = images.detach().float().cpu().numpy()
+    if importlib.util.find_spec("onnxruntime") is not None:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        onnx_logits = session.run(None, {session.get_inputs()[0].name: inputs})[0]
+    else:
+        from onnx.reference import ReferenceEvaluator
+
+        evaluator = ReferenceEvaluator(str(path))
+        onnx_logits = evaluator.run(None, {evaluator.input_names[0]: inputs})[0]
+    with _eval_mode(model), torch.inference_mode():
+        torch_logits = logits_of(model, images.to(_device_of(model))).float().cpu().numpy()
+    return float(np.abs(onnx_logits - torch_logits).max())
+
+
+# ---------------------------------------------------------------------------- exercise checkers
+
+
+def check_ece(your_ece: float, probs, labels, n_bins: int = 15) -> None:
+    """Checker: ``your_ece`` must match ``expected_calibration_error(probs, labels, n_bins)``."""
+    expected = expected_calibration_error(probs, labels, n_bins)
+    if not isinstance(your_ece, (int, float, np.floating)) or not math.isclose(your_ece, expected, abs_tol=1e-6):
+        raise AssertionError(
+            f"Your ECE {your_ece!r} is not the expected value: use {n_bins} equal-width bins of the top probability, "
+            "and weight each bin's |accuracy - mean confidence| by the fraction of images in it."
+        )
+    print(f"Correct: ECE = {expected:.4f}, the same as helpers.evaluate.expected_calibration_error.")
+
+
+def check_worst_recall(your_class, report: ClassReport) -> None:
+    """Checker: ``your_class`` (a class name) must have the lowest recall in ``report`` (any class tied for it)."""
+    worst = min(row.recall for row in report.classes)
+    recall_of = {row.name: row.recall for row in report.classes}
+    if str(your_class) not in recall_of:
+        raise AssertionError(f"{your_class!r} is not a class of this report; pick one of {', '.join(recall_of)}.")
+    if recall_of[str(your_class)] != worst:
+        raise AssertionError(
+            f"Class {your_class!r} has recall {recall_of[str(your_class)]:.3f}, but some class has less: "
+            "compare the recall column (found / all images of that class), not precision or F1."
+        )
+    print(f"Correct: class {your_class} has the lowest recall, {worst:.1%} of its test images found.")

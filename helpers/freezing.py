@@ -1,4 +1,5 @@
-"""Which parameters train: freezing strategies, layer-wise LR decay, gradual unfreezing, LoRA.
+"""Which parameters train: freezing strategies, layer-wise LR decay, gradual unfreezing, LoRA,
+and what each costs when trained (the lesson's comparison runner and the fast linear probe).
 
 Everything here works on a transformers `ViTForImageClassification`. Its parameters fall into
 "layers" counted from the input (see `layer_id`):
@@ -8,20 +9,37 @@ Everything here works on a transformers `ViTForImageClassification`. Its paramet
     depth + 1    head (final layernorm and classifier)
 
 A strategy sets `requires_grad` on every parameter and returns the names of the trainable ones.
+A `Recipe` is a strategy plus how it trains (learning rate, LLRD groups, unfreezing stages);
+`run_recipe` trains one on a fresh model and measures it (`RunResult`).
 """
 
 from __future__ import annotations
 
+import math
+import os
 import re
+import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
+import numpy as np
 import torch
+from matplotlib.figure import Figure
 from peft import LoraConfig, PeftModel, get_peft_model
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from torch import nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 from transformers import ViTForImageClassification
 
-from helpers.train import is_no_decay
+from helpers.data import make_loader
+from helpers.profiles import Settings
+from helpers.train import History, cross_entropy, fit, is_no_decay, logits_of, seed_everything
 
 # Query and value projections of `ViTAttention` in the installed transformers (modeling_vit.py).
 LORA_TARGET_MODULES = ["q_proj", "v_proj"]
@@ -289,3 +307,444 @@ def optimizer_covers_only_trainable(optimizer: torch.optim.Optimizer, model: nn.
     in_optimizer = {id(param) for group in optimizer.param_groups for param in group["params"]}
     trainable = {id(param) for param in model.parameters() if param.requires_grad}
     return in_optimizer == trainable
+
+
+# --- what trains, layer by layer ----------------------------------------------------------------
+
+
+def trainable_share_by_layer(model: nn.Module) -> dict[str, float]:
+    """Share of each layer's parameters that train, from "embeddings" through "block i" to "head"."""
+    depth = depth_of(model)
+    trainable, total = [0] * (depth + 2), [0] * (depth + 2)
+    for name, param in model.named_parameters():
+        layer = layer_id(name, depth)
+        total[layer] += param.numel()
+        trainable[layer] += param.numel() if param.requires_grad else 0
+    return {layer_name(layer, depth): trainable[layer] / total[layer] for layer in range(depth + 2)}
+
+
+def plot_trainable_map(shares: dict[str, dict[str, float]]) -> Figure:
+    """Heat map of `trainable_share_by_layer` per strategy: rows strategies, columns layers."""
+    strategies, layers = list(shares), list(next(iter(shares.values())))
+    grid = np.array([[shares[strategy][layer] for layer in layers] for strategy in strategies])
+    fig = Figure(figsize=(1.0 + 0.75 * len(layers), 0.9 + 0.38 * len(strategies)))
+    ax = fig.subplots()
+    ax.imshow(grid, cmap="Greens", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(layers)), layers, rotation=30, ha="right")
+    ax.set_yticks(range(len(strategies)), strategies)
+    for (row, column), share in np.ndenumerate(grid):
+        ax.text(column, row, f"{share:.0%}", ha="center", va="center", fontsize=7,
+                color="white" if share > 0.6 else "black")
+    ax.set_title("share of each layer's parameters that train (input on the left)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# --- measuring memory ---------------------------------------------------------------------------
+
+
+def _resident_bytes() -> int:
+    """Resident memory of this process (Linux: /proc; elsewhere psutil, which Jupyter installs)."""
+    statm = Path("/proc/self/statm")
+    if statm.exists():
+        return int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+class PeakMemory:
+    """Peak memory above the level at entry, in MB, while the `with` block runs (`.mb` after it).
+
+    On a CUDA GPU it is the allocator's peak (`torch.cuda.max_memory_allocated`); on a CPU it is
+    the peak resident memory of the process (RSS), sampled every `interval` seconds by a thread.
+    `.method` says which. The RSS peak counts what the allocator holds, so it is noisier and a
+    little larger than what the tensors need.
+    """
+
+    def __init__(self, interval: float = 0.002):
+        self.interval = interval
+        self.on_gpu = torch.cuda.is_available()
+        self.method = "CUDA max_memory_allocated" if self.on_gpu else "process RSS peak (sampled)"
+        self.mb = 0.0
+
+    def __enter__(self) -> "PeakMemory":
+        if self.on_gpu:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._start = torch.cuda.memory_allocated()
+            return self
+        self._start = self._peak = _resident_bytes()
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._peak = max(self._peak, _resident_bytes())
+
+    def __exit__(self, *exc) -> None:
+        if self.on_gpu:
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated()
+        else:
+            self._stop.set()
+            self._sampler.join()
+            peak = max(self._peak, _resident_bytes())
+        self.mb = (peak - self._start) / 2**20
+
+
+def activation_mb_per_image(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """MB of activations autograd keeps for the backward pass, per image, for one training step.
+
+    Counted exactly with `torch.autograd.graph.saved_tensors_hooks` (each storage once, weights
+    left out) in float32 without autocast. Frozen layers below the lowest trainable one keep none.
+    """
+    weights = {param.untyped_storage().data_ptr() for param in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    device = next(model.parameters()).device
+    images, labels = images.to(device), labels.to(device)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = cross_entropy(logits_of(model, images), labels)
+    if loss.requires_grad:
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return sum(saved.values()) / 2**20 / len(images)
+
+
+# --- recipes: a strategy and how it trains ------------------------------------------------------
+
+
+def split_epochs(epochs: int, parts: int) -> list[int]:
+    """`epochs` shared out over `parts` stages as evenly as possible, the later stages getting the rest."""
+    if epochs < parts:
+        raise ValueError(f"{epochs} epoch(s) cannot be split over {parts} stages: give at least one epoch per stage.")
+    return [epochs // parts + (stage >= parts - epochs % parts) for stage in range(parts)]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One way to fine-tune: which parameters train (`prepare`) and how they are trained.
+
+    `prepare(model)` sets `requires_grad` (or wraps the model, as LoRA does) and returns the model
+    to train. Training uses the settings' lr times `lr_scale`; with `llrd_decay` the optimizer gets
+    layer-wise decayed groups; with `unfreeze_stages >= 2` the epochs are split over gradual
+    unfreezing stages (head first), each with a fresh optimizer and layer-wise decayed groups.
+    """
+
+    name: str
+    prepare: Callable[[nn.Module], nn.Module]
+    lr_scale: float = 1.0
+    llrd_decay: float | None = None
+    unfreeze_stages: int = 0
+
+    def train(self, model: nn.Module, train_set, val_set, settings: Settings, progress: bool = True) -> History:
+        """Train the prepared `model` for `settings.epochs` epochs in all; return one History."""
+        lr = settings.lr * self.lr_scale
+        if self.unfreeze_stages:
+            return self._train_gradually(model, train_set, val_set, settings, lr, progress)
+        groups = llrd_param_groups(model, lr, self.llrd_decay, settings.weight_decay) if self.llrd_decay else None
+        return fit(model, train_set, val_set, settings, param_groups=groups, lr=lr, progress=progress)
+
+    def _train_gradually(self, model, train_set, val_set, settings, lr, progress) -> History:
+        decay = self.llrd_decay or DEFAULT_LR_DECAY
+        stages = gradual_unfreezing_stages(model, self.unfreeze_stages, lr, decay, settings.weight_decay)
+        history = History()
+        for stage, epochs in zip(stages, split_epochs(settings.epochs, len(stages)), strict=True):
+            part = fit(model, train_set, val_set, settings, param_groups=stage.apply(model), lr=lr, epochs=epochs,
+                       progress=progress)
+            history.rows += [{**row, "epoch": len(history) + 1 + i} for i, row in enumerate(part.rows)]
+        return history
+
+
+def default_recipes(depth: int, frozen_blocks: int | None = None, lora_rank: int = 8) -> list[Recipe]:
+    """The lesson's seven strategies for a model with `depth` blocks (frozen_blocks default: depth // 2).
+
+    Strategies that train few parameters (linear probe, BitFit, LoRA) take a 10x larger step,
+    as is usual for them; the others train at the settings' lr.
+    """
+    k = depth // 2 if frozen_blocks is None else frozen_blocks
+    return [
+        Recipe("linear probe", _prepared(linear_probe), lr_scale=10),
+        Recipe(f"freeze emb + {k} blocks", _prepared(freeze_first_blocks, k=k)),
+        Recipe("BitFit", _prepared(bitfit), lr_scale=10),
+        Recipe("full fine-tune", _prepared(full_finetune)),
+        Recipe(f"full + LLRD {DEFAULT_LR_DECAY}", _prepared(full_finetune), llrd_decay=DEFAULT_LR_DECAY),
+        Recipe("gradual unfreezing", _prepared(freeze_first_blocks, k=depth), unfreeze_stages=3),
+        Recipe(f"LoRA r={lora_rank}", partial(add_lora, r=lora_rank, alpha=2 * lora_rank), lr_scale=10),
+    ]
+
+
+def _prepared(strategy: Callable[..., list[str]], **kwargs) -> Callable[[nn.Module], nn.Module]:
+    """A `Recipe.prepare` that applies `strategy` and returns the model itself."""
+
+    def prepare(model: nn.Module) -> nn.Module:
+        strategy(model, **kwargs)
+        return model
+
+    return prepare
+
+
+# --- the comparison -----------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    """What one recipe cost and reached (trainable counted after training, so at its widest)."""
+
+    strategy: str
+    backbone: str
+    trainable: int
+    total: int
+    seconds_per_epoch: float
+    peak_memory_mb: float
+    activation_mb_per_image: float
+    val_accuracy: float
+    frozen_tensors_checked: int
+    history: History
+
+    @property
+    def trainable_percent(self) -> float:
+        return 100.0 * self.trainable / self.total
+
+
+def _device() -> torch.device:
+    """Where `fit` trains: the GPU when CUDA is here, else the CPU (as `helpers.train.make_accelerator`)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def run_recipe(
+    recipe: Recipe, load: Callable[[], nn.Module], train_set, val_set, settings: Settings,
+    backbone: str = "pretrained", progress: bool = True,
+) -> RunResult:
+    """Train `recipe` on a fresh model from `load()` and measure it.
+
+    The model is loaded after seeding with `settings.seed`, so every recipe starts from the same
+    head. Before training, every frozen parameter is copied; after it, each must be bit-identical
+    (AssertionError otherwise). Validation accuracy is the last epoch's.
+    """
+    seed_everything(settings.seed)
+    model = recipe.prepare(load()).to(_device())
+    frozen = snapshot(model)
+    images, labels = next(iter(make_loader(train_set, min(settings.batch_size, 16))))
+    activation = activation_mb_per_image(model, images, labels)
+    with PeakMemory() as memory:
+        history = recipe.train(model, train_set, val_set, settings, progress)
+    assert_unchanged(model, frozen)
+    count = count_parameters(model)
+    return RunResult(
+        strategy=recipe.name,
+        backbone=backbone,
+        trainable=count.trainable,
+        total=count.total,
+        seconds_per_epoch=float(np.mean(history.column("seconds"))),
+        peak_memory_mb=memory.mb,
+        activation_mb_per_image=activation,
+        val_accuracy=history.rows[-1]["val_accuracy"],
+        frozen_tensors_checked=len(frozen),
+        history=history,
+    )
+
+
+def compare_strategies(
+    recipes: list[Recipe], load: Callable[[], nn.Module], train_set, val_set, settings: Settings,
+    backbone: str = "pretrained",
+) -> list[RunResult]:
+    """`run_recipe` for each recipe with the same settings (an equal budget); one progress bar."""
+    results = []
+    for recipe in tqdm(recipes, desc=f"strategies ({backbone})"):
+        results.append(run_recipe(recipe, load, train_set, val_set, settings, backbone, progress=False))
+    return results
+
+
+def results_table(results: list[RunResult], baselines: dict[str, float] | None = None) -> str:
+    """A markdown table of the results, then one row per baseline (name -> validation accuracy)."""
+    lines = [
+        "| strategy | backbone | trainable | trainable % | s / epoch | peak memory MB | activations MB / image "
+        "| val accuracy |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r.strategy} | {r.backbone} | {r.trainable:,} | {r.trainable_percent:.2f} | {r.seconds_per_epoch:.2f} "
+        f"| {r.peak_memory_mb:.0f} | {r.activation_mb_per_image:.3f} | {r.val_accuracy:.1%} |"
+        for r in results
+    ]
+    lines += [f"| {name} | control | | | | | | {accuracy:.1%} |" for name, accuracy in (baselines or {}).items()]
+    return "\n".join(lines)
+
+
+def plot_comparison(results: list[RunResult], baselines: dict[str, float] | None = None) -> Figure:
+    """Validation accuracy per strategy, pretrained beside random init, with baselines as lines; and s/epoch."""
+    strategies = list(dict.fromkeys(r.strategy for r in results))
+    backbones = list(dict.fromkeys(r.backbone for r in results))
+    by_key = {(r.strategy, r.backbone): r for r in results}
+    fig = Figure(figsize=(10, 3.6))
+    ax_acc, ax_time = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    width = 0.8 / len(backbones)
+    positions = np.arange(len(strategies))
+    for i, backbone in enumerate(backbones):
+        values = [by_key[(s, backbone)].val_accuracy if (s, backbone) in by_key else np.nan for s in strategies]
+        bars = ax_acc.bar(positions + (i - (len(backbones) - 1) / 2) * width, values, width, label=backbone)
+        ax_acc.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.0%}" for v in values], fontsize=6)
+    for j, (name, accuracy) in enumerate((baselines or {}).items()):
+        ax_acc.axhline(accuracy, color=f"C{len(backbones) + j}", linestyle="--", linewidth=1, label=name)
+    ax_acc.set_xticks(positions, strategies, rotation=30, ha="right", fontsize=8)
+    ax_acc.set(ylabel="validation accuracy", ylim=(0, 1.05), title="accuracy at an equal budget")
+    ax_acc.legend(fontsize=7, loc="lower right")
+    pretrained = [by_key[(s, backbones[0])] for s in strategies if (s, backbones[0]) in by_key]
+    ax_time.barh([r.strategy for r in pretrained], [r.seconds_per_epoch for r in pretrained], color="C7")
+    ax_time.invert_yaxis()
+    ax_time.tick_params(axis="y", labelsize=8)
+    ax_time.set(xlabel="seconds per epoch", title=f"cost ({backbones[0]})")
+    fig.tight_layout()
+    return fig
+
+
+def describe_regime(results: list[RunResult], pixel_accuracy: float, probe_accuracy: float) -> str:
+    """One paragraph, from the measured numbers: is the frozen backbone a good feature extractor here?
+
+    `probe_accuracy` is the best linear classifier on the frozen pretrained features, `pixel_accuracy`
+    the same on raw pixels.
+    """
+    by_name = {(r.strategy, r.backbone): r.val_accuracy for r in results}
+    full = by_name.get(("full fine-tune", "pretrained"))
+    full_random = by_name.get(("full fine-tune", "random init"))
+    if probe_accuracy > pixel_accuracy:
+        regime = (f"Frozen features beat raw pixels ({probe_accuracy:.1%} vs {pixel_accuracy:.1%}): the pretrained "
+                  "backbone already separates these classes, so cheap strategies that keep it frozen are competitive.")
+    else:
+        regime = (f"Raw pixels are as linearly separable as the frozen features or more ({pixel_accuracy:.1%} vs "
+                  f"{probe_accuracy:.1%}): the pretrained features do not fit this task as they are, so the backbone "
+                  "itself has to adapt; strategies that freeze most of it are capped.")
+    if full is not None and full_random is not None:
+        regime += (f" Pretraining still pays when the backbone trains: full fine-tuning reaches {full:.1%} from the "
+                   f"checkpoint vs {full_random:.1%} from random init at the same budget.")
+    return regime
+
+
+# --- the fast linear probe ----------------------------------------------------------------------
+
+
+class FeatureSet(Dataset):
+    """Cached backbone features with their labels; items are (feature vector, label) like an image dataset."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor):
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        return self.features[index], int(self.labels[index])
+
+
+@torch.inference_mode()
+def cache_features(model: ViTForImageClassification, dataset, batch_size: int = 256, progress: bool = True) -> FeatureSet:
+    """What the classifier sees for every image: the CLS token after the backbone's final layernorm."""
+    model.eval()
+    device = next(model.parameters()).device
+    features, labels = [], []
+    for images, targets in tqdm(make_loader(dataset, batch_size), desc="features", disable=not progress):
+        features.append(model.vit(images.to(device)).last_hidden_state[:, 0].float().cpu())
+        labels.append(torch.as_tensor(targets))
+    return FeatureSet(torch.cat(features), torch.cat(labels))
+
+
+@dataclass
+class FastProbe:
+    """A linear probe trained on cached features: the timings and the features (for other classifiers)."""
+
+    feature_seconds: float
+    train_seconds: float
+    history: History
+    train_features: FeatureSet
+    val_features: FeatureSet
+
+    @property
+    def seconds(self) -> float:
+        return self.feature_seconds + self.train_seconds
+
+
+def fast_linear_probe(model: ViTForImageClassification, train_set, val_set, settings: Settings,
+                      progress: bool = True, **overrides) -> FastProbe:
+    """Compute the frozen backbone's features once, then train `model.classifier` on them with `fit`.
+
+    With no dropout and no augmentation this is the same optimisation as a linear probe trained
+    through the frozen model (same head, batches, optimizer and schedule), only without running the
+    backbone every epoch. `overrides` go to `fit` (e.g. `lr=...`). The model's own head is trained.
+    """
+    linear_probe(model.to(_device()))
+    started = time.perf_counter()
+    train_features = cache_features(model, train_set, progress=progress)
+    val_features = cache_features(model, val_set, progress=progress)
+    feature_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    history = fit(model.classifier, train_features, val_features, settings, progress=progress, **overrides)
+    return FastProbe(feature_seconds, time.perf_counter() - started, history, train_features, val_features)
+
+
+# --- honest controls ----------------------------------------------------------------------------
+
+
+def pixel_matrix(dataset) -> np.ndarray:
+    """Raw pixels of a `helpers.data` dataset, one flattened row per image in [0, 1] (native size, no transform)."""
+    return np.stack([dataset.image(i).numpy().reshape(-1) for i in range(len(dataset))]).astype(np.float32) / 255
+
+
+def logistic_regression_accuracy(train_x, train_y, val_x, val_y, max_iter: int = 1000) -> float:
+    """Validation accuracy of a standardised multinomial logistic regression (scikit-learn, L-BFGS)."""
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
+    classifier.fit(np.asarray(train_x), np.asarray(train_y))
+    return float(classifier.score(np.asarray(val_x), np.asarray(val_y)))
+
+
+# --- exercise checkers --------------------------------------------------------------------------
+
+
+def check_last_two_blocks(model: nn.Module, trainable_percent: float) -> None:
+    """Checker: only the last two encoder blocks and the head train, and `trainable_percent` says how much."""
+    depth = depth_of(model)
+    wrong = [
+        name for name, param in model.named_parameters() if param.requires_grad != (layer_id(name, depth) >= depth - 1)
+    ]
+    assert not wrong, (
+        f"{len(wrong)} parameters have the wrong requires_grad, e.g. {wrong[0]}: train blocks {depth - 2} and "
+        f"{depth - 1}, the final layernorm and the classifier, and freeze everything else."
+    )
+    expected = count_parameters(model).percent
+    assert abs(trainable_percent - expected) < 0.01, (
+        f"trainable_percent={trainable_percent:.2f} but {expected:.2f}% of the parameters train: divide the "
+        "trainable count by the total count and multiply by 100."
+    )
+    print(f"Correct: the last two blocks and the head train, {expected:.2f}% of the parameters.")
+
+
+def check_llrd_groups(groups: list[dict], model: nn.Module, lr: float, decay: float) -> None:
+    """Checker: each trainable parameter in exactly one group, at lr * decay ** (its depth from the top)."""
+    depth = depth_of(model)
+    names = {id(param): name for name, param in model.named_parameters()}
+    seen = [id(param) for group in groups for param in group["params"]]
+    trainable = {id(param) for param in model.parameters() if param.requires_grad}
+    assert len(seen) == len(set(seen)), "A parameter sits in two groups: put each one in exactly one group."
+    assert set(seen) == trainable, (
+        f"The groups hold {len(set(seen))} parameters but {len(trainable)} train: give every trainable parameter, "
+        "and no frozen one, a group."
+    )
+    for group in groups:
+        for param in group["params"]:
+            name = names[id(param)]
+            expected = lr * decay ** (depth + 1 - layer_id(name, depth))
+            assert math.isclose(group["lr"], expected, rel_tol=1e-6), (
+                f"{name} trains at lr {group['lr']:.3g} but should at {expected:.3g}: lr * decay ** (depth from "
+                f"the top), where the head is 0 layers down and the embeddings {depth + 1}."
+            )
+    print(f"Correct: {len(groups)} groups, from {max(g['lr'] for g in groups):.2g} at the head down to "
+          f"{min(g['lr'] for g in groups):.2g}.")

@@ -1,5 +1,7 @@
 import pickle
+import sys
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -37,24 +39,19 @@ def colour_image(seed, size=(24, 24)):
     return Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
 
 
+def clean_folder(root, classes=("cat", "dog"), per_class=6):
+    """A class-per-subfolder tree of distinct random colour PNGs."""
+    for label in classes:
+        for i in range(per_class):
+            save(root / label / f"{i}.png", colour_image(hash((label, i)) % 1000))
+    return root
+
+
 @pytest.fixture
 def messy_folder(tmp_path):
-    """Two clean classes plus every usual problem of a folder of photos."""
-    root = tmp_path / "photos"
-    for label in ("cat", "dog"):
-        for i in range(6):
-            save(root / label / f"{i}.png", colour_image(hash((label, i)) % 1000))
-    save(root / "cat" / "grey.png", colour_image(1).convert("L"))
-    save(root / "cat" / "alpha.png", colour_image(2).convert("RGBA"))
-    save(root / "dog" / "palette.png", colour_image(3).convert("P"))
-    save(root / "dog" / "cmyk.jpg", colour_image(4).convert("CMYK"))
-    save(root / "dog" / "tiny.png", colour_image(5, size=(4, 4)))
-    good_jpeg = save(tmp_path / "full.jpg", colour_image(6, size=(64, 64)))
-    (root / "cat" / "truncated.jpg").write_bytes(good_jpeg.read_bytes()[:300])
-    (root / "dog" / "notes.txt").write_text("not an image")
-    (root / "dog" / "copy_of_cat_0.png").write_bytes((root / "cat" / "0.png").read_bytes())
-    (root / "empty_class").mkdir()
-    return root
+    """Two classes of six photos with every usual problem planted; returns (root, {problem: path})."""
+    root = clean_folder(tmp_path / "photos")
+    return root, data.plant_messy_folder(root)
 
 
 # ---------------------------------------------------------------- digits and splits
@@ -133,27 +130,39 @@ def test_cifar_offline_and_missing_says_what_to_do(tmp_path):
 
 
 # ---------------------------------------------------------------- your own folder
-def test_scan_reports_every_problem_with_its_path(messy_folder):
-    scan = data.scan_folder(messy_folder)
-    found = {problem.path.name: (problem.issue, problem.action) for problem in scan.problems}
-    assert found["truncated.jpg"][1] == "skipped" and "unreadable" in found["truncated.jpg"][0]
-    assert found["notes.txt"][1] == "skipped"
-    assert found["grey.png"] == ("mode L", "converted to RGB")
-    assert found["alpha.png"] == ("mode RGBA", "converted to RGB")
-    assert found["palette.png"] == ("mode P", "converted to RGB")
-    assert found["cmyk.jpg"] == ("mode CMYK", "converted to RGB")
-    assert "tiny image 4x4" in found["tiny.png"][0]
-    assert "duplicate" in found["copy_of_cat_0.png"][0] and found["copy_of_cat_0.png"][1].startswith("skipped")
-    assert found["empty_class"] == ("empty class folder", "class left out")
-    assert scan.classes == ["cat", "dog"]
-    assert {p.name for p in scan.skipped} == {"truncated.jpg", "notes.txt", "copy_of_cat_0.png"}
+def test_scan_reports_every_planted_problem_with_its_path(messy_folder):
+    root, planted = messy_folder
+    scan = data.scan_folder(root)
+    found = {problem.path: (problem.issue, problem.action) for problem in scan.problems}
+    assert len(found) == len(scan.problems) == len(planted)
+    issue, action = found[planted["truncated JPEG"]]
+    assert "unreadable" in issue and "truncated" in issue and action == "skipped"
+    assert found[planted["not an image"]][1] == "skipped"
+    assert found[planted["grayscale PNG (mode L)"]] == ("mode L", "converted to RGB")
+    assert found[planted["RGBA PNG"]] == ("mode RGBA", "converted to RGB")
+    assert found[planted["palette PNG (mode P)"]] == ("mode P", "converted to RGB")
+    assert found[planted["CMYK JPEG"]] == ("mode CMYK", "converted to RGB")
+    assert found[planted["tiny image (8x8)"]][0] == "tiny image 8x8"
+    issue, action = found[planted["exact duplicate across classes"]]
+    assert issue == "exact duplicate of cat/0.png" and action.startswith("skipped")
+    assert found[planted["empty class folder"]] == ("empty class folder", "class left out")
+    assert scan.classes == ["cat", "dog"] and len(scan.paths) == 11  # 12 photos, one truncated
+    assert set(scan.skipped) == {planted[k] for k in ("truncated JPEG", "not an image", "exact duplicate across classes")}
+    assert all(f"{p.path.relative_to(root)}: {p.issue}" in scan.report() for p in scan.problems)
+
+
+def test_planting_needs_two_classes_with_enough_images(tmp_path):
+    with pytest.raises(ValueError, match="two class folders with at least 4 images"):
+        data.plant_messy_folder(clean_folder(tmp_path, classes=("only",)))
 
 
 def test_image_folder_loads_every_mode_as_rgb_and_skips_the_unreadable(messy_folder):
-    with pytest.warns(UserWarning, match="truncated.jpg"):
-        splits = data.load_dataset(f"imagefolder:{messy_folder}", seed=0)
+    root, planted = messy_folder
+    with pytest.warns(UserWarning, match="truncated"):
+        splits = data.load_dataset(f"imagefolder:{root}", seed=0)
     everything = [*splits.train.paths, *splits.val.paths, *splits.test.paths]
-    assert len(everything) == len(set(everything)) == 6 + 6 + 5  # clean images + L, RGBA, P, CMYK, tiny
+    assert len(everything) == len(set(everything)) == 11
+    assert planted["truncated JPEG"] not in everything and planted["exact duplicate across classes"] not in everything
     for dataset in (splits.train, splits.val, splits.test):
         for i in range(len(dataset)):
             image, label = dataset[i]
@@ -164,6 +173,9 @@ def test_image_folder_loads_every_mode_as_rgb_and_skips_the_unreadable(messy_fol
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="No folder at .*one subfolder of images per class"):
         data.load_dataset(f"imagefolder:{tmp_path / 'nowhere'}")
+    (tmp_path / "a_file.png").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="No folder at"):
+        data.scan_folder(tmp_path / "a_file.png")
 
 
 def test_folder_with_one_class_is_a_clear_error(tmp_path):
@@ -171,6 +183,229 @@ def test_folder_with_one_class_is_a_clear_error(tmp_path):
         save(tmp_path / "only" / f"{i}.png", colour_image(i))
     with pytest.raises(ValueError, match="at least two"):
         data.load_dataset(f"imagefolder:{tmp_path}")
+
+
+def test_empty_class_folder_is_left_out_with_a_warning(tmp_path):
+    clean_folder(tmp_path, classes=("cat", "dog", "eel"), per_class=7)
+    (tmp_path / "fox").mkdir()
+    with pytest.warns(UserWarning, match="fox: empty class folder -> class left out"):
+        splits = data.load_dataset(f"imagefolder:{tmp_path}")
+    assert splits.classes == ["cat", "dog", "eel"]
+
+
+def test_images_outside_class_folders_are_reported(tmp_path):
+    clean_folder(tmp_path)
+    save(tmp_path / "stray.png", colour_image(7))
+    scan = data.scan_folder(tmp_path)
+    assert [(p.path.name, p.issue) for p in scan.problems] == [("stray.png", "not inside a class folder")]
+    assert scan.skipped == [tmp_path / "stray.png"]
+
+
+def test_export_writes_a_folder_that_loads_back_pixel_for_pixel(tmp_path):
+    digits = data.load_digits().subset(range(60))
+    root = data.export_image_folder(digits, tmp_path / "digits", per_class=3)
+    assert sorted(p.name for p in root.iterdir()) == digits.classes
+    assert all(len(list((root / c).iterdir())) == 3 for c in digits.classes)
+    scan = data.scan_folder(root)
+    assert not scan.problems
+    index = int(scan.paths[0].stem)
+    assert torch.equal(data.read_rgb(scan.paths[0]), digits.image(index))
+    assert scan.classes[scan.labels[0]] == digits.classes[digits.labels[index]]
+    with pytest.raises(ValueError, match="not empty"):
+        data.export_image_folder(digits, root)
+
+
+# ---------------------------------------------------------------- leakage
+def test_clean_splits_have_no_leaks_and_a_copy_put_back_is_found(messy_folder):
+    root, planted = messy_folder
+    with pytest.warns(UserWarning):
+        splits = data.load_dataset(f"imagefolder:{root}", seed=0)
+    assert data.find_leaks(splits).ok
+    copy, original = planted["exact duplicate across classes"], root / "cat" / "0.png"
+    target = "val" if original in splits.test.paths else "test"  # a split that does not hold the original
+    held = getattr(splits, target)
+    leaky = replace(splits, **{target: data.FileImages([*held.paths, copy], [*held.labels, 1], splits.classes)})
+    report = data.find_leaks(leaky)
+    assert not report.ok and len(report.leaks) == 1
+    leak = report.leaks[0]
+    assert leak.kind == "same content" and leak.first.endswith(" cat/0.png") and leak.second == f"{target} dog/{copy.name}"
+    assert "1 leak(s)" in str(report) and f"{target} {len(held) + 1}" in str(report)
+
+
+def test_the_same_file_in_two_splits_is_a_leak(tmp_path):
+    clean_folder(tmp_path)
+    dataset = data.load_image_folder(tmp_path)
+    splits = data.Splits(dataset.subset([0, 1, 2, 6, 7]), dataset.subset([3, 8]), dataset.subset([2, 9]),
+                         dataset.classes)
+    report = data.find_leaks(splits)
+    assert [(leak.kind, leak.first, leak.second) for leak in report.leaks] == [
+        ("same file", "train cat/2.png", "test cat/2.png")]
+
+
+def test_leaks_in_memory_datasets_are_found_by_pixels():
+    images = torch.randint(0, 256, (6, 3, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    images[5] = images[0]
+    dataset = data.TensorImages(images, [0, 1, 0, 1, 0, 1], ["a", "b"])
+    splits = data.Splits(dataset.subset([0, 1, 2]), dataset.subset([3, 4]), dataset.subset([5]), dataset.classes)
+    assert [str(leak) for leak in data.find_leaks(splits).leaks] == ["same content: train #0 and test #0"]
+
+
+# ---------------------------------------------------------------- balance
+def test_class_weights_favour_rare_classes_and_average_one_per_image():
+    labels = [0] * 80 + [1] * 20
+    weights = data.class_weights(labels)
+    assert weights.tolist() == pytest.approx([100 / (2 * 80), 100 / (2 * 20)])
+    assert weights[labels].mean().item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"Class\(es\) \[1\] have no images"):
+        data.class_weights([0, 0, 2], num_classes=3)
+
+
+def test_weighted_sampler_draws_classes_equally_often():
+    labels = np.array([0] * 90 + [1] * 10)
+    sampler = data.weighted_sampler(labels, num_samples=4000, generator=torch.Generator().manual_seed(0))
+    drawn = np.bincount(labels[list(sampler)])
+    assert len(list(sampler)) == 4000 and 0.45 < drawn[1] / 4000 < 0.55
+    dataset = data.TensorImages(torch.zeros(100, 3, 2, 2, dtype=torch.uint8), labels, ["a", "b"])
+    loader = data.make_loader(dataset, 50, sampler=data.weighted_sampler(labels))
+    assert sum(len(batch[1]) for batch in loader) == 100
+    with pytest.raises(ValueError, match="either a shuffle_generator or a sampler"):
+        data.make_loader(dataset, 50, sampler=data.weighted_sampler(labels), shuffle_generator=torch.Generator())
+
+
+def test_long_tailed_subset_shrinks_classes_geometrically():
+    subset = data.long_tailed_subset(data.load_digits(), imbalance_ratio=10, seed=0)
+    counts = data.class_counts(subset)
+    assert all(a >= b for a, b in zip(counts, counts[1:]))
+    assert counts[0] / counts[-1] == pytest.approx(10, rel=0.1)
+    with pytest.raises(ValueError, match="imbalance_ratio must be 1 or more"):
+        data.long_tailed_subset(subset, 0.5, seed=0)
+
+
+def test_class_balance_plot_has_one_bar_per_class_and_split():
+    splits = data.load_dataset("digits", train_size=100, eval_size=50)
+    fig = data.plot_class_balance(splits)
+    bars = fig.axes[0].patches
+    assert len(bars) == 3 * 10
+    assert sum(bar.get_height() for bar in bars[:10]) == pytest.approx(1.0)  # train shares sum to one
+
+
+# ---------------------------------------------------------------- statistics and costs
+def test_channel_mean_std_weighs_every_pixel_of_images_of_any_size(tmp_path):
+    save(tmp_path / "a" / "red.png", Image.new("RGB", (2, 2), (255, 0, 0)))
+    save(tmp_path / "b" / "green.png", Image.new("RGB", (4, 4), (0, 255, 0)))
+    images = data.FileImages([tmp_path / "a" / "red.png", tmp_path / "b" / "green.png"], [0, 1], ["a", "b"])
+    mean, std = data.channel_mean_std(images)
+    assert mean == pytest.approx((4 / 20, 16 / 20, 0))
+    assert std == pytest.approx((0.4, 0.4, 0), abs=1e-6)  # sqrt(p (1 - p)) for a two-valued channel
+
+
+def test_resize_cost_counts_pixels_memory_and_tokens():
+    digits = data.load_digits().subset(range(4))
+    spec = data.ImageSpec((32, 32), (0.5,) * 3, (0.5,) * 3)
+    rows = data.resize_cost(digits, spec, (32, 224), patch_sizes=(4, 16), n=4)
+    assert [row["pixels vs native"] for row in rows] == [1, 49]
+    assert [row["tokens at patch 16 (+ CLS)"] for row in rows] == [5, 197]
+    assert [row["tokens at patch 4 (+ CLS)"] for row in rows] == [65, 3137]
+    assert rows[1]["KiB per image (float32)"] == 3 * 224 * 224 * 4 / 1024
+    assert all(row["ms per image (resize + normalise)"] > 0 for row in rows)
+
+
+def test_loader_options_compare_pinned_memory_only_with_cuda():
+    without, with_cuda = data.loader_options_to_compare(cuda=False), data.loader_options_to_compare(cuda=True)
+    assert [o.num_workers for o in without] == [0, 1, 1, 2, 2] and not any(o.pin_memory for o in without)
+    assert len(with_cuda) == 10 and {o.pin_memory for o in with_cuda} == {False, True}
+    assert not any(o.persistent_workers for o in without if o.num_workers == 0)
+
+
+def test_throughput_has_one_row_per_option():
+    digits = data.load_digits().subset(range(24))
+    options = [data.LoaderOptions(0), data.LoaderOptions(1, persistent_workers=True)]
+    rows = data.measure_throughput(digits, batch_size=8, options=options, epochs=2, device="cpu")
+    assert [(r["num_workers"], r["persistent_workers"]) for r in rows] == [(0, False), (1, True)]
+    assert all(r["images/s"] > 0 and r["first batch, epoch 2 (s)"] >= 0 for r in rows)
+
+
+def test_markdown_table_formats_numbers_and_booleans():
+    table = data.markdown_table([{"workers": 2, "pinned": True, "images/s": 1234.56, "seconds": 0.012345}])
+    assert table.splitlines() == ["| workers | pinned | images/s | seconds |", "|---|---|---|---|",
+                                  "| 2 | yes | 1,235 | 0.0123 |"]
+
+
+# ---------------------------------------------------------------- Hugging Face datasets
+class FakeHubTable:
+    """The few parts of a `datasets.Dataset` that `HubImages` uses: rows, columns, features, select."""
+
+    def __init__(self, rows, names):
+        self.rows = rows
+        self.features = {"label": type("ClassLabel", (), {"names": names})()}
+
+    def __getitem__(self, key):
+        return [row[key] for row in self.rows] if isinstance(key, str) else self.rows[key]
+
+    def select(self, indices):
+        return FakeHubTable([self.rows[i] for i in indices], self.features["label"].names)
+
+
+def test_hub_images_convert_every_mode_and_keep_labels():
+    rows = [{"img": colour_image(i).convert(mode), "label": i % 2} for i, mode in enumerate(("L", "RGBA", "P", "RGB"))]
+    images = data.HubImages(FakeHubTable(rows, ["even", "odd"]), "img", "label")
+    assert images.labels == [0, 1, 0, 1] and images.classes == ["even", "odd"]
+    assert all(images.image(i).shape == (3, 24, 24) and images.image(i).dtype == torch.uint8 for i in range(4))
+    subset = images.subset([1, 3])
+    assert subset.labels == [1, 1] and torch.equal(subset.image(1), images.image(3))
+
+
+def test_missing_hf_datasets_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail as if not installed
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[datasets\]'"):
+        data.load_hf_dataset("uoft-cs/cifar10")
+
+
+# ---------------------------------------------------------------- exercise checkers
+def deduplicated(dataset):
+    first_of = {}
+    for index in range(len(dataset)):
+        first_of.setdefault(data.content_hash(dataset, index), index)
+    return dataset.subset(sorted(first_of.values()))
+
+
+def dedupe_then_split(dataset, seed):
+    return data.split_dataset(deduplicated(dataset), "deduplicated", seed)
+
+
+def test_clean_split_checker_accepts_a_right_answer_and_names_each_mistake(capsys):
+    assert data.check_clean_split(dedupe_then_split)
+    assert "Correct" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="in two splits|same image twice"):
+        data.check_clean_split(lambda d, seed: data.split_dataset(d, "raw", seed))
+    with pytest.raises(AssertionError, match="same splits"):
+        data.check_clean_split(lambda d, seed: dedupe_then_split(d, 0))
+
+    def cut_in_label_order(dataset, seed):
+        unique = deduplicated(dataset)
+        order = sorted(range(len(unique)), key=lambda i: unique.labels[i])
+        cuts = [0, int(0.7 * len(order)), int(0.85 * len(order)), len(order)]
+        return data.Splits(*(unique.subset(order[a:b]) for a, b in zip(cuts, cuts[1:])), unique.classes)
+
+    with pytest.raises(AssertionError, match="stratify=labels"):
+        data.check_clean_split(cut_in_label_order)
+
+
+def test_channel_stats_checker_accepts_the_reference_and_names_common_mistakes():
+    assert data.check_channel_stats(data.channel_mean_std)
+
+    def on_255_scale(dataset):
+        mean, std = data.channel_mean_std(dataset)
+        return [m * 255 for m in mean], [s * 255 for s in std]
+
+    def mean_of_per_image_stds(dataset):
+        images = torch.stack([dataset.image(i) for i in range(len(dataset))]).double() / 255
+        return images.mean((0, 2, 3)).tolist(), images.std((2, 3), correction=0).mean(0).tolist()
+
+    with pytest.raises(AssertionError, match="0-255 scale"):
+        data.check_channel_stats(on_255_scale)
+    with pytest.raises(AssertionError, match="average of per-image stds"):
+        data.check_channel_stats(mean_of_per_image_stds)
 
 
 def test_loader_batches_are_stacked_tensors():

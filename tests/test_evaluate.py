@@ -11,6 +11,8 @@ from torchvision import tv_tensors
 from transformers import ViTConfig, ViTForImageClassification
 
 from helpers import evaluate as ev
+from helpers import profiles
+from helpers.attention import attention_rollout
 from helpers.data import ImageSpec, TensorImages, eval_transform
 
 NUM_CLASSES = 3
@@ -62,9 +64,9 @@ def float_images(count=10, size=8, seed=0):
     return labeled(torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(seed)))
 
 
-def tiny_vit():
+def tiny_vit(**config_overrides):
     torch.manual_seed(0)
-    config = ViTConfig(
+    config = dict(
         image_size=8,
         patch_size=4,
         hidden_size=16,
@@ -73,7 +75,7 @@ def tiny_vit():
         intermediate_size=32,
         num_labels=NUM_CLASSES,
     )
-    return ViTForImageClassification(config)
+    return ViTForImageClassification(ViTConfig(**{**config, **config_overrides}))
 
 
 # ---------------------------------------------------------------------------- predict
@@ -148,6 +150,32 @@ def test_flip_crops_tta_sees_flips_and_four_shifted_copies():
         assert any(torch.equal(view[..., :-shift, :], image[..., shift:, :]) for view in model.seen)  # up
         assert any(torch.equal(view[..., shift:], image[..., :-shift]) for view in model.seen)  # right
         assert any(torch.equal(view[..., :-shift], image[..., shift:]) for view in model.seen)  # left
+
+
+def test_crops_tta_sees_the_image_and_four_shifted_copies_without_flips():
+    model, dataset = Recorder(), float_images(count=2, size=16)
+    ev.predict(model, dataset, tta="crops", progress=False)
+    assert len(model.seen) == ev.TTA_VIEWS["crops"] == 5
+    images = dataset.images
+    assert torch.equal(model.seen[0], images)
+    assert not any(torch.equal(view, images.flip(-1)) for view in model.seen)
+    assert sum(torch.equal(view[..., 1:], images[..., :-1]) for view in model.seen) == 1  # shifted right
+
+
+def test_compare_tta_measures_each_mode_against_plain_predictions():
+    torch.manual_seed(0)
+    model, dataset = LeftRightSensitive(), float_images(count=12)
+    results = ev.compare_tta(model, dataset, batch_size=4, progress=False)
+    assert [row.mode for row in results] == ["none", *ev.TTA_MODES]
+    assert [row.views for row in results] == [1, 2, 5, 10]
+    for row, mode in zip(results, (None, *ev.TTA_MODES)):
+        expected = ev.predict(model, dataset, tta=mode, progress=False)
+        np.testing.assert_allclose(row.predictions.probs, expected.probs, atol=1e-6)
+        assert row.accuracy == ev.accuracy(expected.preds, expected.labels) and row.seconds > 0
+    table = ev.tta_table(results)
+    assert table.count("\n") == 1 + len(results) and "| none | 1 |" in table and "| +0.00 |" in table
+    with pytest.raises(ValueError, match="at least one"):
+        ev.tta_table([])
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -225,6 +253,34 @@ def test_confusion_matrix_and_most_confused_pairs():
         ev.most_confused_pairs(cm, ["cat", "dog"])
     with pytest.raises(ValueError, match="class ids"):
         ev.confusion_matrix([0, 5], [0, 1], num_classes=3)
+
+
+CASES = {  # labels [0, 0, 1, 1, 2, 2]; predictions by case
+    "perfect": [0, 0, 1, 1, 2, 2],
+    "all wrong": [1, 2, 2, 0, 0, 1],
+    "class 2 never predicted": [0, 0, 1, 1, 1, 0],
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_metric_on_perfect_all_wrong_and_missing_class_predictions(case):
+    labels, preds = np.array([0, 0, 1, 1, 2, 2]), np.array(CASES[case])
+    hits = int((preds == labels).sum())  # 6, 0 and 4 by construction
+    one_hot = np.eye(3)[preds]
+    assert ev.accuracy(preds, labels) == pytest.approx(hits / 6)
+    assert ev.top_k_accuracy(one_hot, labels, k=1) == pytest.approx(hits / 6)
+    assert ev.top_k_accuracy(one_hot, labels, k=3) == 1.0
+    cm = ev.confusion_matrix(preds, labels, num_classes=3)
+    assert np.trace(cm) == hits and cm.sum(axis=1).tolist() == [2, 2, 2]
+    assert cm.sum(axis=0).tolist() == np.bincount(preds, minlength=3).tolist()
+    report = ev.per_class_report(preds, labels, ["a", "b", "c"])
+    assert [row.recall for row in report.classes] == pytest.approx(np.diag(cm) / 2)
+    assert report.accuracy == pytest.approx(hits / 6)
+    pairs = ev.most_confused_pairs(cm, ["a", "b", "c"], k=9)
+    assert sum(pair.count for pair in pairs) == 6 - hits
+    assert ev.expected_calibration_error(one_hot, labels) == pytest.approx(1 - hits / 6)  # always 100% sure
+    if case == "class 2 never predicted":
+        assert cm[:, 2].sum() == 0 and report.classes[2].precision == 0.0
 
 
 # ---------------------------------------------------------------------------- calibration
@@ -431,3 +487,178 @@ def test_plot_reliability_and_robustness():
     with pytest.raises(ValueError, match="got none"):
         ev.plot_robustness({})
 
+
+
+def test_plot_error_gallery_shows_images_above_their_overlays():
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    dataset = labeled(images)  # labels 0, 1, 2, 0
+    probs = np.array([[0.1, 0.9, 0.0], [0.2, 0.8, 0.0], [0.6, 0.3, 0.1], [0.5, 0.25, 0.25]])
+    predictions = ev.Predictions(np.log(probs + 1e-9), probs, np.array(dataset.labels), probs.argmax(1))
+    fig = ev.plot_error_gallery(dataset, predictions, [0, 2], torch.rand(2, 2, 2))
+    assert isinstance(fig, Figure) and len(fig.axes) == 4
+    assert fig.axes[0].get_title() == "a -> b\n(90%)"
+    assert fig.axes[1].get_title() == "c -> a\n(60%)"
+    with pytest.raises(ValueError, match="one map per index"):
+        ev.plot_error_gallery(dataset, predictions, [0, 2], torch.rand(1, 2, 2))
+
+
+# ---------------------------------------------------------------------------- error analysis
+
+
+def test_most_confident_mistakes_are_wrong_and_sorted_by_confidence():
+    probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4], [0.2, 0.8], [0.55, 0.45]])
+    labels = np.array([0, 0, 1, 1, 1])  # wrong: 1 (0.7), 2 (0.6), 4 (0.55)
+    predictions = ev.Predictions(np.log(probs), probs, labels, probs.argmax(1))
+    assert ev.most_confident_mistakes(predictions, k=2).tolist() == [1, 2]
+    assert ev.most_confident_mistakes(predictions, k=10).tolist() == [1, 2, 4]
+    perfect = ev.Predictions(np.log(probs), probs, probs.argmax(1), probs.argmax(1))
+    assert ev.most_confident_mistakes(perfect).tolist() == []
+    with pytest.raises(ValueError, match="at least 1"):
+        ev.most_confident_mistakes(predictions, k=0)
+
+
+def test_rollout_maps_match_attention_rollout_of_each_image():
+    model = tiny_vit(image_size=8, patch_size=2, num_hidden_layers=2, attn_implementation="eager")
+    model.train()
+    dataset = float_images(count=5)
+    maps = ev.rollout_maps(model, dataset, [3, 1])
+    assert maps.shape == (2, 4, 4) and model.training
+    model.eval()
+    for position, index in enumerate([3, 1]):
+        with torch.no_grad():
+            attentions = model(dataset.images[[index]], output_attentions=True).attentions
+        torch.testing.assert_close(maps[position], attention_rollout(attentions, grid=(4, 4)))
+    assert not torch.allclose(maps[0], maps[1])
+
+
+def test_rollout_maps_explain_what_they_need():
+    with pytest.raises(ValueError, match="eager"):
+        ev.rollout_maps(tiny_vit(attn_implementation="sdpa"), float_images(), [0])
+    with pytest.raises(ValueError, match="patch_size"):
+        ev.rollout_maps(PooledLinear(), float_images(), [0])
+    with pytest.raises(ValueError, match="no indices"):
+        ev.rollout_maps(tiny_vit(attn_implementation="eager"), float_images(), [])
+
+
+# ---------------------------------------------------------------------------- cached fine-tune
+
+
+def small_settings(model_dir, **overrides):
+    values = dict(model_name=str(model_dir), train_size=30, eval_size=20, batch_size=16)
+    return profiles.resolve("smoke", **{**values, **overrides})
+
+
+def test_finetune_key_follows_training_settings_and_model_files(tiny_model_dir):
+    settings = small_settings(tiny_model_dir)
+    key = ev.finetune_key(settings)
+    same_training = profiles.Settings(**{**vars(settings), "profile": "cpu", "num_workers": 2, "reason": "other"})
+    assert ev.finetune_key(same_training) == key
+    assert ev.finetune_key(small_settings(tiny_model_dir, lr=5e-4)) != key
+    assert ev.finetune_key(small_settings(tiny_model_dir, train_size=40)) != key
+    with open(tiny_model_dir / "config.json", "a") as file:
+        file.write("\n")
+    assert ev.finetune_key(settings) != key
+
+
+def test_finetuned_trains_once_then_reuses_the_cache(tiny_model_dir, tmp_path):
+    settings, cache = small_settings(tiny_model_dir), tmp_path / "cache"
+    first = ev.finetuned(settings, cache_dir=cache, progress=False)
+    assert not first.reused and first.folder.parent == cache
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "history.json", "settings.json"} <= {
+        path.name for path in first.folder.iterdir()
+    }
+    assert len(first.history) == settings.epochs and len(first.splits.test) == 20
+    assert not first.model.training
+    original = ev.predict(ev.models.load_model(str(tiny_model_dir), first.splits.classes)[0], first.splits.test, progress=False)
+
+    second = ev.finetuned(settings, cache_dir=cache, attn_implementation="eager", progress=False)
+    assert second.reused and second.folder == first.folder and second.history.rows == first.history.rows
+    for name, value in first.model.state_dict().items():
+        assert torch.equal(value, second.model.state_dict()[name])
+    trained = ev.predict(second.model, second.splits.test, progress=False)
+    assert not np.allclose(trained.logits, original.logits)  # the cached weights are the trained ones
+    images = second.splits.test[0][0][None]
+    assert len(second.model(images, output_attentions=True).attentions) == second.model.config.num_hidden_layers
+    assert [path.name for path in cache.iterdir()] == [first.folder.name]  # no staging folder left
+
+
+# ---------------------------------------------------------------------------- shipping
+
+
+def test_pipeline_from_saved_folder_agrees_with_classify_file(tiny_model_dir, tmp_path):
+    from PIL import Image
+    from transformers import pipeline
+
+    classes = [f"class {i}" for i in range(10)]
+    model, processor = ev.models.load_model(str(tiny_model_dir), classes)
+    with torch.no_grad():
+        model.classifier.weight.mul_(100)  # a clear winner, so top-1 does not hinge on rounding
+    model.save_pretrained(tmp_path / "shipped")
+    processor.save_pretrained(tmp_path / "shipped")
+    classify = pipeline("image-classification", model=str(tmp_path / "shipped"), device="cpu")
+    transform = eval_transform(ImageSpec.from_processor(processor))
+    for seed in range(3):
+        pixels = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+        path = tmp_path / f"image{seed}.png"
+        Image.fromarray(pixels.numpy()).save(path)
+        label, probability = ev.classify_file(model, path, transform)
+        best = classify(str(path), top_k=1)[0]
+        assert label in classes and best["label"] == label
+        assert best["score"] == pytest.approx(probability, abs=1e-4)
+
+
+def test_throughput_reports_each_batch_size_and_restores_mode():
+    model = tiny_vit()
+    model.train()
+    speeds = ev.throughput(model, (8, 8), batch_sizes=(1, 4), min_seconds=0.01)
+    assert list(speeds) == [1, 4] and all(speed > 0 for speed in speeds.values())
+    assert model.training
+    with pytest.raises(ValueError, match="precision"):
+        ev.throughput(model, (8, 8), precision="int8")
+    with pytest.raises(ValueError, match="batch_sizes"):
+        ev.throughput(model, (8, 8), batch_sizes=(0,))
+
+
+def test_size_on_disk_adds_up_every_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.bin").write_bytes(b"x" * 100)
+    (tmp_path / "sub" / "b.json").write_bytes(b"y" * 23)
+    assert ev.size_on_disk(tmp_path) == 123
+    with pytest.raises(FileNotFoundError, match="save_pretrained"):
+        ev.size_on_disk(tmp_path / "missing")
+
+
+def test_onnx_export_matches_pytorch_or_says_what_to_install(tmp_path):
+    model, images = tiny_vit(), torch.randn(3, 3, 8, 8)
+    if ev.onnx_available():
+        path = ev.export_onnx(model, tmp_path / "model.onnx", images[:2])
+        assert ev.onnx_max_difference(path, model, images) < 1e-4  # a batch size other than the example's
+    else:
+        with pytest.raises(ModuleNotFoundError, match="pip install onnx"):
+            ev.export_onnx(model, tmp_path / "model.onnx", images)
+
+
+# ---------------------------------------------------------------------------- exercise checkers
+
+
+def test_check_ece_accepts_the_right_value_only(capsys):
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.7, 0.3], [0.2, 0.8]])
+    labels = np.array([0, 1, 0, 1])
+    hand = (abs(1 - 0.9) + abs(0 - 0.6) + abs(1 - 0.7) + abs(1 - 0.8)) / 4  # one image per bin
+    ev.check_ece(hand, probs, labels)
+    assert capsys.readouterr().out.startswith("Correct:")
+    with pytest.raises(AssertionError, match="not the expected value"):
+        ev.check_ece(hand + 0.01, probs, labels)
+    with pytest.raises(AssertionError, match="not the expected value"):
+        ev.check_ece(None, probs, labels)
+
+
+def test_check_worst_recall_accepts_any_tied_worst_class(capsys):
+    report = ev.per_class_report([0, 1, 1, 1, 0, 2], [0, 0, 1, 1, 2, 2], ["a", "b", "c"])  # recalls .5, 1, .5
+    ev.check_worst_recall("a", report)
+    ev.check_worst_recall("c", report)
+    assert capsys.readouterr().out.count("Correct:") == 2
+    with pytest.raises(AssertionError, match="some class has less"):
+        ev.check_worst_recall("b", report)
+    with pytest.raises(AssertionError, match="not a class"):
+        ev.check_worst_recall("z", report)
