@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
@@ -567,10 +566,11 @@ def class_counts(dataset: LabeledImages) -> np.ndarray:
     return np.bincount(dataset.labels, minlength=len(dataset.classes))
 
 
-def plot_class_balance(splits: Splits, title: str = "class balance per split") -> Figure:
-    """Each class's share of train, val and test side by side: equal bars mean a stratified split."""
-    fig = Figure(figsize=(max(5.0, 0.45 * len(splits.classes) + 2), 3.2), layout="constrained")
-    ax = fig.subplots()
+def plot_class_balance(splits: Splits, title: str = "class balance per split"):
+    """Each class's share of train, val and test side by side (equal bars: a stratified split); returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(splits.classes) + 2), 3.2), layout="constrained")
     positions = np.arange(len(splits.classes))
     width = 0.8 / len(SPLIT_NAMES)
     for k, name in enumerate(SPLIT_NAMES):
@@ -718,30 +718,48 @@ def measure_throughput(dataset, batch_size: int, options: list[LoaderOptions] | 
     return rows
 
 
+def cpu_load() -> str:
+    """This machine's cores and, where the OS reports it, the 1-minute load average (processes wanting a core)."""
+    cores = f"{os.cpu_count()} cores"
+    if not hasattr(os, "getloadavg"):
+        return cores
+    return f"{cores}, load average {os.getloadavg()[0]:.1f} (processes wanting a core)"
+
+
 def resize_cost(dataset: LabeledImages, spec: ImageSpec, sides, patch_sizes=(16,), n: int = 64) -> list[dict]:
-    """What feeding images at each square side costs: pixels, memory, resize time (mean of `n`), ViT tokens."""
+    """What feeding images at each square side costs: pixels, memory, resize time, ViT tokens.
+
+    The time is the mean over `n` images on one thread, as a DataLoader worker runs them.
+    """
     images = [dataset.image(i) for i in range(min(n, len(dataset)))]
     native_side = images[0].shape[-1]
+    threads = torch.get_num_threads()
     rows = []
     for side in sides:
         transform = eval_transform(replace(spec, size=(side, side)))
-        started = time.perf_counter()
-        for image in images:
-            transform(image)
+        torch.set_num_threads(1)
+        try:
+            started = time.perf_counter()
+            for image in images:
+                transform(image)
+            seconds = time.perf_counter() - started
+        finally:
+            torch.set_num_threads(threads)
         row = {
             "side (px)": side, "pixels vs native": (side / native_side) ** 2,
             "KiB per image (float32)": 3 * side * side * 4 / 1024,
-            "ms per image (resize + normalise)": 1000 * (time.perf_counter() - started) / len(images),
+            "ms per image (resize + normalise)": 1000 * seconds / len(images),
         }
         row.update({f"tokens at patch {p} (+ CLS)": (side // p) ** 2 + 1 for p in patch_sizes})
         rows.append(row)
     return rows
 
 
-def plot_before_after(image: torch.Tensor, processed: torch.Tensor, spec: ImageSpec) -> Figure:
+def plot_before_after(image: torch.Tensor, processed: torch.Tensor, spec: ImageSpec):
     """A raw uint8 image, the same image as the model receives it (shown un-normalised), and both value ranges."""
-    fig = Figure(figsize=(9, 2.8), layout="constrained")
-    ax_raw, ax_processed, ax_hist = fig.subplots(1, 3)
+    import matplotlib.pyplot as plt
+
+    fig, (ax_raw, ax_processed, ax_hist) = plt.subplots(1, 3, figsize=(9, 2.8), layout="constrained")
     mean, std = (torch.tensor(v).view(3, 1, 1) for v in (spec.mean, spec.std))
     ax_raw.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
     ax_raw.set_title(f"before: {image.shape[1]}x{image.shape[2]} uint8", fontsize=9)
@@ -839,7 +857,8 @@ def check_channel_stats(channel_stats) -> bool:
     expected_mean, expected_std = (np.array(v) for v in channel_mean_std(dataset))
     mean, std = (np.asarray(v, dtype=float).reshape(-1) for v in channel_stats(dataset))
     if mean.shape != (3,) or std.shape != (3,):
-        raise AssertionError(f"Return (mean, std) with one number per channel (3 each), got {mean.size} and {std.size}.")
+        raise AssertionError(f"Return (mean, std) with one number per channel (3 each), "
+                             f"got {mean.size} and {std.size}.")
     if np.allclose(mean, expected_mean * 255, atol=0.3):
         raise AssertionError("The mean is on the 0-255 scale: divide the uint8 pixels by 255 first.")
     if not np.allclose(mean, expected_mean, atol=1e-3):

@@ -1,8 +1,10 @@
+import os
 import pickle
 import sys
 import warnings
 from dataclasses import replace
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -147,7 +149,8 @@ def test_scan_reports_every_planted_problem_with_its_path(messy_folder):
     assert issue == "exact duplicate of cat/0.png" and action.startswith("skipped")
     assert found[planted["empty class folder"]] == ("empty class folder", "class left out")
     assert scan.classes == ["cat", "dog"] and len(scan.paths) == 11  # 12 photos, one truncated
-    assert set(scan.skipped) == {planted[k] for k in ("truncated JPEG", "not an image", "exact duplicate across classes")}
+    skipped = ("truncated JPEG", "not an image", "exact duplicate across classes")
+    assert set(scan.skipped) == {planted[problem] for problem in skipped}
     assert all(f"{p.path.relative_to(root)}: {p.issue}" in scan.report() for p in scan.problems)
 
 
@@ -228,7 +231,8 @@ def test_clean_splits_have_no_leaks_and_a_copy_put_back_is_found(messy_folder):
     report = data.find_leaks(leaky)
     assert not report.ok and len(report.leaks) == 1
     leak = report.leaks[0]
-    assert leak.kind == "same content" and leak.first.endswith(" cat/0.png") and leak.second == f"{target} dog/{copy.name}"
+    assert leak.kind == "same content" and leak.first.endswith(" cat/0.png")
+    assert leak.second == f"{target} dog/{copy.name}"
     assert "1 leak(s)" in str(report) and f"{target} {len(held) + 1}" in str(report)
 
 
@@ -287,6 +291,7 @@ def test_class_balance_plot_has_one_bar_per_class_and_split():
     bars = fig.axes[0].patches
     assert len(bars) == 3 * 10
     assert sum(bar.get_height() for bar in bars[:10]) == pytest.approx(1.0)  # train shares sum to one
+    plt.close(fig)
 
 
 # ---------------------------------------------------------------- statistics and costs
@@ -302,12 +307,23 @@ def test_channel_mean_std_weighs_every_pixel_of_images_of_any_size(tmp_path):
 def test_resize_cost_counts_pixels_memory_and_tokens():
     digits = data.load_digits().subset(range(4))
     spec = data.ImageSpec((32, 32), (0.5,) * 3, (0.5,) * 3)
+    threads = torch.get_num_threads()
     rows = data.resize_cost(digits, spec, (32, 224), patch_sizes=(4, 16), n=4)
+    assert torch.get_num_threads() == threads  # timed on one thread, then restored
     assert [row["pixels vs native"] for row in rows] == [1, 49]
     assert [row["tokens at patch 16 (+ CLS)"] for row in rows] == [5, 197]
     assert [row["tokens at patch 4 (+ CLS)"] for row in rows] == [65, 3137]
     assert rows[1]["KiB per image (float32)"] == 3 * 224 * 224 * 4 / 1024
     assert all(row["ms per image (resize + normalise)"] > 0 for row in rows)
+
+
+def test_before_after_figure_names_both_sizes():
+    image = data.load_digits().image(0)
+    spec = data.ImageSpec((48, 48), (0.5,) * 3, (0.5,) * 3)
+    fig = data.plot_before_after(image, data.eval_transform(spec)(image), spec)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[:2] == ["before: 32x32 uint8", "after: 48x48 float32"]
+    plt.close(fig)
 
 
 def test_loader_options_compare_pinned_memory_only_with_cuda():
@@ -323,6 +339,10 @@ def test_throughput_has_one_row_per_option():
     rows = data.measure_throughput(digits, batch_size=8, options=options, epochs=2, device="cpu")
     assert [(r["num_workers"], r["persistent_workers"]) for r in rows] == [(0, False), (1, True)]
     assert all(r["images/s"] > 0 and r["first batch, epoch 2 (s)"] >= 0 for r in rows)
+
+
+def test_cpu_load_names_the_cores():
+    assert data.cpu_load().startswith(f"{os.cpu_count()} cores")
 
 
 def test_markdown_table_formats_numbers_and_booleans():
