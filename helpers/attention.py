@@ -2,11 +2,13 @@
 
 The attention functions read the `attentions` that a transformers ViT returns with `output_attentions=True`:
 a tuple with one tensor [batch, heads, tokens, tokens] per layer, token 0 being CLS. Only the eager attention
-implementation returns them, so load the model with `attn_implementation="eager"`.
+implementation returns them, so load the model with `attn_implementation="eager"` (or call
+`model.set_attn_implementation("eager")`). `attention_explorer` puts it all behind ipywidgets controls.
 """
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -15,9 +17,12 @@ import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from torch import nn
+from torchvision.transforms import v2
 
+from helpers import widgets
+from helpers.data import ImageSpec, to_model_input
 from helpers.plots import as_displayable
-from helpers.scratch import grid_size
+from helpers.scratch import grid_size, plot_patch_grid, sequence_length
 
 HEAD_FUSIONS = {
     "mean": lambda heads: heads.mean(dim=0),
@@ -112,6 +117,26 @@ def position_similarity(model: nn.Module) -> torch.Tensor:
     return (normed @ normed.T).reshape(rows, cols, rows, cols)
 
 
+def similarity_by_relation(similarity: torch.Tensor) -> dict[str, float]:
+    """Mean of a `position_similarity` [rows, cols, rows, cols] over pairs of distinct patches, by how they relate.
+
+    Relations: 4-neighbours, same row, same column, left-right mirror images (same row, columns c and
+    cols-1-c), top-bottom mirror images, and all pairs. A relation with no pair on this grid gives nan.
+    """
+    rows, cols = similarity.shape[:2]
+    r1, c1, r2, c2 = torch.meshgrid(*(torch.arange(n) for n in (rows, cols, rows, cols)), indexing="ij")
+    distinct = (r1 != r2) | (c1 != c2)
+    relations = {
+        "neighbours": (r1 - r2).abs() + (c1 - c2).abs() == 1,
+        "same row": (r1 == r2) & distinct,
+        "same column": (c1 == c2) & distinct,
+        "left-right mirror": (r1 == r2) & (c2 == cols - 1 - c1) & distinct,
+        "top-bottom mirror": (c1 == c2) & (r2 == rows - 1 - r1) & distinct,
+        "all pairs": distinct,
+    }
+    return {name: similarity[mask].float().mean().item() for name, mask in relations.items()}
+
+
 def overlay(image: torch.Tensor, heatmap: torch.Tensor | np.ndarray, alpha: float = 0.5,
             cmap: str = "inferno") -> np.ndarray:
     """An image [3, H, W] with `heatmap` ([rows, cols]) upsampled, min-max scaled and blended on top: [H, W, 3]."""
@@ -159,3 +184,89 @@ def plot_position_similarity(similarity: torch.Tensor, cmap: str = "viridis") ->
     ax.set_yticks([(rows + 1) * r + rows / 2 for r in range(rows)], [str(r + 1) for r in range(rows)])
     figure.colorbar(shown, ax=ax, label="cosine similarity")
     return figure
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Explorer: image, patch size, layer and head
+# ---------------------------------------------------------------------------------------------------------------
+
+HEAD_CHOICES = ("mean", "rollout")
+
+
+def model_attentions(model: nn.Module, image: torch.Tensor, spec: ImageSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the image resized to the model's input, uint8 [3, H, W]; its attentions [layers, heads, tokens, tokens])."""
+    resized = v2.Resize(spec.size, antialias=True)(torch.as_tensor(image))
+    pixels = to_model_input(spec)(resized)[None].to(next(model.parameters()).device)
+    with torch.inference_mode():
+        attentions = model(pixels, output_attentions=True).attentions
+    return resized, stack_attentions(attentions)
+
+
+def attention_map(weights: torch.Tensor, grid: tuple[int, int], layer: int = -1,
+                  head: int | str = "mean") -> torch.Tensor:
+    """From attentions [layers, heads, tokens, tokens]: CLS attention of one `layer` for one `head` (an index)
+    or the mean of the heads ("mean"), or the rollout over all layers ("rollout"); shape [rows, cols]."""
+    if head == "rollout":
+        return attention_rollout(tuple(weights[:, None]), grid=grid)
+    maps = cls_attention(tuple(weights[:, None]), layer, grid=grid)
+    if head == "mean":
+        return maps.mean(dim=0)
+    if not (isinstance(head, int) and 0 <= head < len(maps)):
+        raise ValueError(f"head {head!r} is not a head of this model; pick 0 to {len(maps) - 1}, 'mean' or 'rollout'.")
+    return maps[head]
+
+
+def plot_attention_view(image: torch.Tensor, weights: torch.Tensor, model_patch: int, patch_size: int,
+                        layer: int = -1, head: int | str = "mean") -> Figure:
+    """Left: `image` cut into `patch_size` patches. Right: the model's CLS attention (see `attention_map`) on it."""
+    height, width = image.shape[-2:]
+    grid = grid_size((height, width), model_patch)
+    tokens, model_tokens = sequence_length((height, width), patch_size), weights.shape[-1]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(8, 4))
+    plot_patch_grid(image, patch_size, ax=left, numbers=tokens <= 65)
+    left.set_title(f"patch {patch_size} px: {tokens} tokens,\nattention cost ~{(tokens / model_tokens) ** 2:.2g}x "
+                   f"the model's", fontsize=9)
+    right.imshow(overlay(image, attention_map(weights, grid, layer, head)))
+    which = "rollout over all layers" if head == "rollout" else f"layer {layer % len(weights)}, head {head}"
+    right.set_title(f"CLS attention, {which}\n(the model's own {model_patch} px patches)", fontsize=9)
+    right.axis("off")
+    figure.tight_layout()
+    return figure
+
+
+def attention_explorer(model: nn.Module, images: Sequence[torch.Tensor], spec: ImageSpec,
+                       patch_sizes: Sequence[int] | None = None):
+    """Pick an image, a patch size, a layer and a head; see the patch grid and the attention overlay update.
+
+    `model` is a transformers ViT with eager attention, `images` raw uint8 tensors [3, H, W], `spec` the model's
+    input size and normalisation. Headless (COURSE_HEADLESS=1) it shows one static view.
+    """
+    import ipywidgets
+
+    if len(images) == 0:
+        raise ValueError("attention_explorer needs at least one image.")
+    config = model.config
+    model_patch = config.patch_size
+    if not isinstance(model_patch, int):
+        raise ValueError(f"attention_explorer needs square patches, but the model's patch size is {model_patch}.")
+    if patch_sizes is None:
+        patch_sizes = sorted({p for p in (2, 4, 7, 8, 14, 16, 28, 32, model_patch)
+                              if spec.size[0] % p == 0 and spec.size[1] % p == 0})
+
+    @lru_cache(maxsize=32)
+    def attentions_of(index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return model_attentions(model, images[index], spec)
+
+    def draw(image: int, patch_size: int, layer: int, head: int | str) -> Figure:
+        resized, weights = attentions_of(image)
+        return plot_attention_view(resized, weights, model_patch, patch_size, layer, head)
+
+    return widgets.explorer(
+        draw,
+        image=ipywidgets.IntSlider(value=0, min=0, max=len(images) - 1, description="image"),
+        patch_size=ipywidgets.Dropdown(options=list(patch_sizes), value=model_patch, description="patch size"),
+        layer=ipywidgets.IntSlider(value=config.num_hidden_layers - 1, min=0, max=config.num_hidden_layers - 1,
+                                   description="layer"),
+        head=ipywidgets.Dropdown(options=[*HEAD_CHOICES, *range(config.num_attention_heads)], value="mean",
+                                 description="head"),
+    )

@@ -45,7 +45,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +54,7 @@ import torch
 from matplotlib.figure import Figure
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
+from transformers.utils import logging as transformers_logging
 
 from helpers import evaluate, models, train, widgets
 from helpers.data import ImageSpec, LabeledImages, Splits, eval_transform, make_loader, to_model_input
@@ -310,10 +312,12 @@ def plot_batch(images: torch.Tensor, targets: torch.Tensor, class_names: Sequenc
 
 
 def target_title(target: torch.Tensor, class_names: Sequence[str]) -> str:
-    """A class id as its name; a soft target as its one or two heaviest classes with their weights."""
+    """A class id, or a one-hot target, as its name; a mixed target as its two heaviest classes with their weights."""
     if target.ndim == 0:
         return str(class_names[int(target)])
     weights, classes = target.topk(min(2, len(target)))
+    if weights[0] >= 0.995:
+        return str(class_names[int(classes[0])])
     return " ".join(f"{class_names[int(c)]}:{float(w):.2f}" for w, c in zip(weights, classes) if w >= 0.005)
 
 
@@ -321,7 +325,7 @@ def _image_rows(rows: Mapping[str, Sequence[torch.Tensor]], spec: ImageSpec | No
                 titles: Sequence[Sequence[str]] | None = None) -> Figure:
     """A grid with one row per entry of `rows` (its key as the row label), optionally a title per image."""
     columns = max(len(row) for row in rows.values())
-    fig = Figure(figsize=(1.4 * columns + 1, 1.5 * len(rows)), layout="constrained")
+    fig = Figure(figsize=(1.15 * columns + 0.8, 1.2 * len(rows)), layout="constrained")
     axes = fig.subplots(len(rows), columns, squeeze=False)
     for r, (row_axes, (name, row)) in enumerate(zip(axes, rows.items())):
         row_axes[0].set_ylabel(name)
@@ -457,7 +461,7 @@ class AblationResult:
 
     def plot(self) -> Figure:
         """Validation accuracy and validation loss per epoch, one line per preset."""
-        fig = Figure(figsize=(9, 3.2), layout="constrained")
+        fig = Figure(figsize=(8, 2.8), layout="constrained")
         ax_acc, ax_loss = fig.subplots(1, 2)
         for preset, history in self.histories.items():
             epochs = history.column("epoch")
@@ -481,13 +485,30 @@ def run_ablation(splits: Splits, settings: Settings, presets: Sequence[str] = AB
         check_preset(preset)
     strengths(magnitude)
     histories, test_accuracy = {}, {}
-    for preset in tqdm(presets, desc="ablation", disable=not progress):
+    bar = tqdm(presets, desc="ablation", disable=not progress)
+    for preset in bar:
+        bar.set_postfix_str(preset)
         train.seed_everything(settings.seed)
-        model, processor = models.load_model(settings.model_name, splits.classes, random_init=random_init)
+        with _quiet_loading():
+            model, processor = models.load_model(settings.model_name, splits.classes, random_init=random_init)
         aug = build(preset, ImageSpec.from_processor(processor), magnitude, num_classes=len(splits.classes))
         run = splits.with_transforms(aug.train_transform, aug.eval_transform)
         histories[preset] = train.fit(model, run.train, run.val, settings, batch_transform=aug.batch_transform,
-                                      progress=progress)
+                                      progress=False)
         predictions = evaluate.predict(model, run.test, batch_size=settings.batch_size, progress=False)
         test_accuracy[preset] = evaluate.accuracy(predictions.preds, predictions.labels)
     return AblationResult(magnitude, histories, test_accuracy)
+
+
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Silence transformers' load report and progress bar, which would repeat for every run of an ablation."""
+    verbosity, bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if bars:
+            transformers_logging.enable_progress_bar()

@@ -33,11 +33,27 @@ RECORD_KEY = "course_record"
 
 # ---------------------------------------------------------------- inside a notebook
 def start(profile: str = "auto", overrides: dict | None = None) -> profiles.Settings:
-    """Resolve the notebook's settings, print the environment report, and record the profile."""
+    """Resolve the notebook's settings, print the environment report, and record the profile.
+
+    Also turns on inline figures (so a returned matplotlib Figure shows, headless too) and
+    quiets transformers' own load logs: the kit prints its own load report where it matters.
+    """
+    prepare_notebook_display()
     settings = profiles.resolve(profile, **(overrides or {}))
     print(profiles.environment_report(settings))
     record(profile=settings.profile, model=settings.model_name, dataset=settings.dataset_name)
     return settings
+
+
+def prepare_notebook_display() -> None:
+    from IPython import get_ipython
+    from transformers.utils import logging as transformers_logging
+
+    shell = get_ipython()
+    if shell is not None:
+        shell.run_line_magic("matplotlib", "inline")
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
 
 
 def record(**values) -> None:

@@ -180,21 +180,23 @@ class TTAResult:
 def compare_tta(
     model: torch.nn.Module,
     dataset,
-    modes: tuple[str | None, ...] = (None, *TTA_MODES),
     batch_size: int = 256,
+    modes: tuple[str | None, ...] = (None, *TTA_MODES),
     device: str | torch.device | None = None,
     *,
     progress: bool = True,
+    num_workers: int = 0,
 ) -> list[TTAResult]:
     """Predict ``dataset`` once per TTA mode (None: no TTA) and measure accuracy and wall time of each."""
     results = []
     for mode in tqdm(modes, desc="tta modes", disable=not progress):
         started = time.perf_counter()
-        predictions = predict(model, dataset, batch_size, tta=mode, device=device, progress=False)
-        seconds = time.perf_counter() - started
-        results.append(
-            TTAResult(mode or "none", TTA_VIEWS[mode], accuracy(predictions.preds, predictions.labels), seconds, predictions)
+        predictions = predict(
+            model, dataset, batch_size, tta=mode, device=device, progress=False, num_workers=num_workers
         )
+        seconds = time.perf_counter() - started
+        hits = accuracy(predictions.preds, predictions.labels)
+        results.append(TTAResult(mode or "none", TTA_VIEWS[mode], hits, seconds, predictions))
     return results
 
 
@@ -539,12 +541,15 @@ def robustness_sweep(
     batch_size: int = 256,
     device: str | torch.device | None = None,
     progress: bool = True,
+    seed: int | None = 0,
 ) -> dict[str, dict[int, float]]:
     """Accuracy under each corruption and severity: ``{kind: {0: clean, 1: ..., 5: ...}}``.
 
     ``dataset`` yields raw uint8 images and has ``with_transform`` (a helpers.data dataset);
     ``transform`` is the model's eval transform (e.g. helpers.data.eval_transform(spec)).
     Each corruption is applied to the raw image, at its own resolution, before ``transform``.
+    ``seed`` makes the random noise, and so the results, reproducible without reseeding torch's
+    global generator (None: draw the noise from the global generator).
     """
     for kind in kinds:
         for severity in severities:
@@ -558,9 +563,12 @@ def robustness_sweep(
     clean = accuracy_with(transform)
     results = {kind: {0: clean} for kind in kinds}
     steps = [(kind, severity) for kind in kinds for severity in severities]
-    for kind, severity in tqdm(steps, desc="corruptions", disable=not progress):
-        corruption = functools.partial(corrupt, kind=kind, severity=severity)
-        results[kind][severity] = accuracy_with(v2.Compose([corruption, transform]))
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        for kind, severity in tqdm(steps, desc="corruptions", disable=not progress):
+            corruption = functools.partial(corrupt, kind=kind, severity=severity)
+            results[kind][severity] = accuracy_with(v2.Compose([corruption, transform]))
     return results
 
 
@@ -613,7 +621,7 @@ def plot_confusion_matrix(cm, class_names: list[str], normalize: bool = False) -
     """Heat map of a confusion matrix; ``normalize`` divides each row by its class's image count."""
     cm = _check_confusion_matrix(cm, class_names)
     values = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1) if normalize else cm
-    side = min(12, 3 + 0.45 * len(class_names))
+    side = min(10, 2 + 0.4 * len(class_names))
     fig = Figure(figsize=(side + 1, side), layout="constrained")
     metrics.ConfusionMatrixDisplay(values, display_labels=class_names).plot(
         ax=fig.subplots(),
@@ -630,7 +638,7 @@ def plot_reliability(probs, labels, n_bins: int = 15) -> Figure:
     bins = reliability_bins(probs, labels, n_bins)
     centers = (bins.edges[:-1] + bins.edges[1:]) / 2
     width = 1 / n_bins
-    fig = Figure(figsize=(5, 6), layout="constrained")
+    fig = Figure(figsize=(4.2, 5), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     filled = bins.counts > 0
     top.bar(centers[filled], bins.accuracy[filled], width=width, edgecolor="black", label="accuracy")
@@ -674,7 +682,9 @@ def plot_error_gallery(dataset, predictions: Predictions, indices, maps, alpha: 
     """
     indices = [int(i) for i in indices]
     if not indices or len(maps) != len(indices):
-        raise ValueError(f"Give one or more indices and one map per index; got {len(indices)} indices, {len(maps)} maps.")
+        raise ValueError(
+            f"Give one or more indices and one map per index; got {len(indices)} indices and {len(maps)} maps."
+        )
     fig = Figure(figsize=(1.6 * len(indices), 3.8), layout="constrained")
     axes = fig.subplots(2, len(indices), squeeze=False)
     for column, (index, heatmap) in enumerate(zip(indices, maps)):
@@ -753,9 +763,8 @@ def finetune_key(settings: Settings) -> str:
     values = {f.name: getattr(settings, f.name) for f in fields(settings) if f.name not in _SETTINGS_NOT_IN_KEY}
     source, local = models.resolve_source(settings.model_name)
     if local:
-        values["model_files"] = {
-            str(path.relative_to(source)): _file_digest(path) for path in sorted(Path(source).rglob("*")) if path.is_file()
-        }
+        files = sorted(path for path in Path(source).rglob("*") if path.is_file())
+        values["model_files"] = {str(path.relative_to(source)): _file_digest(path) for path in files}
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -897,7 +906,9 @@ class _LogitsOnly(torch.nn.Module):
 def export_onnx(model: torch.nn.Module, path: str | os.PathLike, example_images: torch.Tensor) -> Path:
     """Export the classifier to one ONNX file: input ``images`` [batch, 3, H, W] (any batch), output ``logits``."""
     if not onnx_available():
-        raise ModuleNotFoundError("ONNX export needs the onnx and onnxscript packages: pip install onnx onnxscript onnxruntime.")
+        raise ModuleNotFoundError(
+            "ONNX export needs the onnx and onnxscript packages: pip install onnx onnxscript onnxruntime."
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapped = _LogitsOnly(model)

@@ -15,11 +15,14 @@ A `Recipe` is a strategy plus how it trains (learning rate, LLRD groups, unfreez
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import re
+import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -275,7 +278,9 @@ def add_lora(model: ViTForImageClassification, r: int = 8, alpha: int = 16, drop
         target_modules=LORA_TARGET_MODULES,
         modules_to_save=["classifier"],
     )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for the user to do
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def merge_lora(peft_model: PeftModel) -> ViTForImageClassification:
@@ -312,15 +317,20 @@ def optimizer_covers_only_trainable(optimizer: torch.optim.Optimizer, model: nn.
 # --- what trains, layer by layer ----------------------------------------------------------------
 
 
-def trainable_share_by_layer(model: nn.Module) -> dict[str, float]:
-    """Share of each layer's parameters that train, from "embeddings" through "block i" to "head"."""
+def parameters_by_layer(model: nn.Module) -> dict[str, ParameterCount]:
+    """Trainable and total parameters of each layer, from "embeddings" through "block i" to "head"."""
     depth = depth_of(model)
     trainable, total = [0] * (depth + 2), [0] * (depth + 2)
     for name, param in model.named_parameters():
         layer = layer_id(name, depth)
         total[layer] += param.numel()
         trainable[layer] += param.numel() if param.requires_grad else 0
-    return {layer_name(layer, depth): trainable[layer] / total[layer] for layer in range(depth + 2)}
+    return {layer_name(layer, depth): ParameterCount(trainable[layer], total[layer]) for layer in range(depth + 2)}
+
+
+def trainable_share_by_layer(model: nn.Module) -> dict[str, float]:
+    """Share (0 to 1) of each layer's parameters that train, in `parameters_by_layer` order."""
+    return {layer: count.percent / 100 for layer, count in parameters_by_layer(model).items()}
 
 
 def plot_trainable_map(shares: dict[str, dict[str, float]]) -> Figure:
@@ -353,13 +363,23 @@ def _resident_bytes() -> int:
     return psutil.Process().memory_info().rss
 
 
+def _release_freed_memory() -> None:
+    """Hand memory that the C allocator holds but no longer uses back to the system (Linux glibc)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
 class PeakMemory:
     """Peak memory above the level at entry, in MB, while the `with` block runs (`.mb` after it).
 
     On a CUDA GPU it is the allocator's peak (`torch.cuda.max_memory_allocated`); on a CPU it is
-    the peak resident memory of the process (RSS), sampled every `interval` seconds by a thread.
-    `.method` says which. The RSS peak counts what the allocator holds, so it is noisier and a
-    little larger than what the tensors need.
+    the peak resident memory of the process (RSS), sampled every `interval` seconds by a thread,
+    after freed memory is handed back so that the starting level is what is in use. `.method` says
+    which. The RSS peak counts what the allocator holds, so it is noisier and a little larger than
+    what the tensors need.
     """
 
     def __init__(self, interval: float = 0.002):
@@ -374,6 +394,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self._start = torch.cuda.memory_allocated()
             return self
+        _release_freed_memory()
         self._start = self._peak = _resident_bytes()
         self._stop = threading.Event()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
@@ -410,13 +431,15 @@ def activation_mb_per_image(model: nn.Module, images: torch.Tensor, labels: torc
             saved[storage.data_ptr()] = storage.nbytes()
         return tensor
 
-    device = next(model.parameters()).device
+    device, was_training = next(model.parameters()).device, model.training
     images, labels = images.to(device), labels.to(device)
+    model.train()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         loss = cross_entropy(logits_of(model, images), labels)
     if loss.requires_grad:
         loss.backward()
     model.zero_grad(set_to_none=True)
+    model.train(was_training)
     return sum(saved.values()) / 2**20 / len(images)
 
 
@@ -437,7 +460,8 @@ class Recipe:
     `prepare(model)` sets `requires_grad` (or wraps the model, as LoRA does) and returns the model
     to train. Training uses the settings' lr times `lr_scale`; with `llrd_decay` the optimizer gets
     layer-wise decayed groups; with `unfreeze_stages >= 2` the epochs are split over gradual
-    unfreezing stages (head first), each with a fresh optimizer and layer-wise decayed groups.
+    unfreezing stages (head first; fewer stages when there are fewer epochs, never under two), each
+    with a fresh optimizer and layer-wise decayed groups.
     """
 
     name: str
@@ -456,7 +480,8 @@ class Recipe:
 
     def _train_gradually(self, model, train_set, val_set, settings, lr, progress) -> History:
         decay = self.llrd_decay or DEFAULT_LR_DECAY
-        stages = gradual_unfreezing_stages(model, self.unfreeze_stages, lr, decay, settings.weight_decay)
+        n_stages = max(2, min(self.unfreeze_stages, settings.epochs))
+        stages = gradual_unfreezing_stages(model, n_stages, lr, decay, settings.weight_decay)
         history = History()
         for stage, epochs in zip(stages, split_epochs(settings.epochs, len(stages)), strict=True):
             part = fit(model, train_set, val_set, settings, param_groups=stage.apply(model), lr=lr, epochs=epochs,
@@ -498,7 +523,8 @@ def _prepared(strategy: Callable[..., list[str]], **kwargs) -> Callable[[nn.Modu
 
 @dataclass
 class RunResult:
-    """What one recipe cost and reached (trainable counted after training, so at its widest)."""
+    """What one recipe cost and reached (trainable parameters and activations measured after training,
+    so at the widest point of gradual unfreezing)."""
 
     strategy: str
     backbone: str
@@ -510,6 +536,7 @@ class RunResult:
     val_accuracy: float
     frozen_tensors_checked: int
     history: History
+    model: nn.Module  # the trained model, on the CPU
 
     @property
     def trainable_percent(self) -> float:
@@ -528,17 +555,20 @@ def run_recipe(
     """Train `recipe` on a fresh model from `load()` and measure it.
 
     The model is loaded after seeding with `settings.seed`, so every recipe starts from the same
-    head. Before training, every frozen parameter is copied; after it, each must be bit-identical
-    (AssertionError otherwise). Validation accuracy is the last epoch's.
+    head. Before training, every frozen parameter is copied; after it, each one that is still frozen
+    (gradual unfreezing thaws some on the way) must be bit-identical (AssertionError otherwise).
+    Validation accuracy is the last epoch's.
     """
     seed_everything(settings.seed)
     model = recipe.prepare(load()).to(_device())
     frozen = snapshot(model)
-    images, labels = next(iter(make_loader(train_set, min(settings.batch_size, 16))))
-    activation = activation_mb_per_image(model, images, labels)
     with PeakMemory() as memory:
         history = recipe.train(model, train_set, val_set, settings, progress)
-    assert_unchanged(model, frozen)
+    thawed = set(trainable_names(model))
+    still_frozen = {name: value for name, value in frozen.items() if name not in thawed}
+    assert_unchanged(model, still_frozen)
+    images, labels = next(iter(make_loader(train_set, min(settings.batch_size, 16))))
+    activation = activation_mb_per_image(model, images, labels)
     count = count_parameters(model)
     return RunResult(
         strategy=recipe.name,
@@ -549,8 +579,9 @@ def run_recipe(
         peak_memory_mb=memory.mb,
         activation_mb_per_image=activation,
         val_accuracy=history.rows[-1]["val_accuracy"],
-        frozen_tensors_checked=len(frozen),
+        frozen_tensors_checked=len(still_frozen),
         history=history,
+        model=model.cpu(),
     )
 
 
@@ -586,7 +617,7 @@ def plot_comparison(results: list[RunResult], baselines: dict[str, float] | None
     strategies = list(dict.fromkeys(r.strategy for r in results))
     backbones = list(dict.fromkeys(r.backbone for r in results))
     by_key = {(r.strategy, r.backbone): r for r in results}
-    fig = Figure(figsize=(10, 3.6))
+    fig = Figure(figsize=(10, 4.2))
     ax_acc, ax_time = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     width = 0.8 / len(backbones)
     positions = np.arange(len(strategies))
@@ -598,7 +629,7 @@ def plot_comparison(results: list[RunResult], baselines: dict[str, float] | None
         ax_acc.axhline(accuracy, color=f"C{len(backbones) + j}", linestyle="--", linewidth=1, label=name)
     ax_acc.set_xticks(positions, strategies, rotation=30, ha="right", fontsize=8)
     ax_acc.set(ylabel="validation accuracy", ylim=(0, 1.05), title="accuracy at an equal budget")
-    ax_acc.legend(fontsize=7, loc="lower right")
+    ax_acc.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.42), ncol=2, frameon=False)
     pretrained = [by_key[(s, backbones[0])] for s in strategies if (s, backbones[0]) in by_key]
     ax_time.barh([r.strategy for r in pretrained], [r.seconds_per_epoch for r in pretrained], color="C7")
     ax_time.invert_yaxis()
@@ -625,8 +656,9 @@ def describe_regime(results: list[RunResult], pixel_accuracy: float, probe_accur
                   f"{probe_accuracy:.1%}): the pretrained features do not fit this task as they are, so the backbone "
                   "itself has to adapt; strategies that freeze most of it are capped.")
     if full is not None and full_random is not None:
-        regime += (f" Pretraining still pays when the backbone trains: full fine-tuning reaches {full:.1%} from the "
-                   f"checkpoint vs {full_random:.1%} from random init at the same budget.")
+        verdict = "Pretraining pays when the backbone trains" if full > full_random else "Pretraining did not help here"
+        regime += (f" {verdict}: full fine-tuning reaches {full:.1%} from the checkpoint vs {full_random:.1%} from "
+                   "random init at the same budget.")
     return regime
 
 
@@ -663,14 +695,14 @@ class FastProbe:
     """A linear probe trained on cached features: the timings and the features (for other classifiers)."""
 
     feature_seconds: float
-    train_seconds: float
     history: History
     train_features: FeatureSet
     val_features: FeatureSet
 
     @property
     def seconds(self) -> float:
-        return self.feature_seconds + self.train_seconds
+        """Feature extraction plus every epoch of head training (validation included)."""
+        return self.feature_seconds + sum(self.history.column("seconds"))
 
 
 def fast_linear_probe(model: ViTForImageClassification, train_set, val_set, settings: Settings,
@@ -686,9 +718,8 @@ def fast_linear_probe(model: ViTForImageClassification, train_set, val_set, sett
     train_features = cache_features(model, train_set, progress=progress)
     val_features = cache_features(model, val_set, progress=progress)
     feature_seconds = time.perf_counter() - started
-    started = time.perf_counter()
     history = fit(model.classifier, train_features, val_features, settings, progress=progress, **overrides)
-    return FastProbe(feature_seconds, time.perf_counter() - started, history, train_features, val_features)
+    return FastProbe(feature_seconds, history, train_features, val_features)
 
 
 # --- honest controls ----------------------------------------------------------------------------

@@ -3,8 +3,10 @@
 Every part of the model is a few lines of plain PyTorch: patch embedding, attention, multi-head attention,
 MLP, pre-norm encoder block and the full classifier. `ScratchViT.from_transformers` copies the weights of a
 transformers `ViTForImageClassification`, so the lesson can show that this short code computes the same logits.
-The module also holds the arithmetic of the lesson: patches, sequence length, attention cost and the
-parameter budget of the standard ViT sizes, with the figures that go with them.
+`TRANSFORMERS_NAMES` says where each part lives in transformers, to read its implementation side by side.
+The module also holds the arithmetic of the lesson (patches, sequence length, attention cost, the parameter
+budget of the standard ViT sizes) with its figures, the lesson's experiments (accuracy at other resolutions,
+a small CNN baseline) and the checkers of its exercises.
 """
 
 import math
@@ -257,33 +259,44 @@ class ScratchViT(nn.Module):
                 f"from_transformers expects a ViTForImageClassification, got {type(hf_model).__name__}; "
                 "load the model with ViTForImageClassification.from_pretrained or helpers.models.load_model."
             )
-        vit, embeddings = hf_model.vit, hf_model.vit.embeddings
-        weight = embeddings.patch_embeddings.projection.weight
+        weight = hf_model.vit.embeddings.patch_embeddings.projection.weight
         with torch.device("meta"):  # skip random initialisation: every tensor is overwritten below
             model = cls(hf_model.config)
         model = model.to_empty(device=weight.device).to(weight.dtype)
-        pairs = [
-            (model.patch_embedding.projection, embeddings.patch_embeddings.projection),
-            (model.norm, vit.layernorm),
-            (model.head, hf_model.classifier),
-        ]
-        for block, layer in zip(model.blocks, vit.layers, strict=True):
-            pairs += [
-                (block.norm1, layer.layernorm_before),
-                (block.attention.query, layer.attention.q_proj),
-                (block.attention.key, layer.attention.k_proj),
-                (block.attention.value, layer.attention.v_proj),
-                (block.attention.output, layer.attention.o_proj),
-                (block.norm2, layer.layernorm_after),
-                (block.mlp.fc1, layer.mlp.fc1),
-                (block.mlp.fc2, layer.mlp.fc2),
-            ]
-        for mine, theirs in pairs:
-            mine.load_state_dict(theirs.state_dict())
-        with torch.no_grad():
-            model.cls_token.copy_(embeddings.cls_token)
-            model.position_embeddings.copy_(embeddings.position_embeddings)
+        for mine, theirs in transformers_names(hf_model.config.num_hidden_layers).items():
+            if mine in ("cls_token", "position_embeddings"):
+                with torch.no_grad():
+                    model.get_parameter(mine).copy_(hf_model.get_parameter(theirs))
+            else:
+                model.get_submodule(mine).load_state_dict(hf_model.get_submodule(theirs).state_dict())
         return model.train(hf_model.training)
+
+
+# Where each part of ScratchViT lives in transformers' ViTForImageClassification; {i} is the layer index.
+TRANSFORMERS_NAMES = {
+    "patch_embedding.projection": "vit.embeddings.patch_embeddings.projection",
+    "cls_token": "vit.embeddings.cls_token",
+    "position_embeddings": "vit.embeddings.position_embeddings",
+    "blocks.{i}.norm1": "vit.layers.{i}.layernorm_before",
+    "blocks.{i}.attention.query": "vit.layers.{i}.attention.q_proj",
+    "blocks.{i}.attention.key": "vit.layers.{i}.attention.k_proj",
+    "blocks.{i}.attention.value": "vit.layers.{i}.attention.v_proj",
+    "blocks.{i}.attention.output": "vit.layers.{i}.attention.o_proj",
+    "blocks.{i}.norm2": "vit.layers.{i}.layernorm_after",
+    "blocks.{i}.mlp.fc1": "vit.layers.{i}.mlp.fc1",
+    "blocks.{i}.mlp.fc2": "vit.layers.{i}.mlp.fc2",
+    "norm": "vit.layernorm",
+    "head": "classifier",
+}
+
+
+def transformers_names(num_layers: int) -> dict[str, str]:
+    """`TRANSFORMERS_NAMES` spelled out for a model with `num_layers` encoder blocks."""
+    return {
+        mine.format(i=i): theirs.format(i=i)
+        for mine, theirs in TRANSFORMERS_NAMES.items()
+        for i in (range(num_layers) if "{i}" in mine else [0])
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -316,6 +329,26 @@ def standard_configs(num_labels: int = 1000) -> dict[str, ViTConfig]:
                         intermediate_size=4 * hidden, image_size=224, patch_size=16, num_labels=num_labels)
         for name, (hidden, layers, heads) in sizes.items()
     }
+
+
+PUBLISHED_SIZES = {"ViT-Ti/16": 5.7e6, "ViT-S/16": 22e6, "ViT-B/16": 86e6, "ViT-L/16": 304e6}  # 1000 classes
+
+
+def budget_table(configs: dict[str, ViTConfig]) -> str:
+    """A plain-text table of `parameter_budget` per model with the total and the published size, in millions
+    (thousands when every model is below a million)."""
+    budgets = {name: parameter_budget(config) for name, config in configs.items()}
+    parts = list(next(iter(budgets.values())))
+    scale, unit = (1e6, "M") if max(sum(budget.values()) for budget in budgets.values()) >= 1e6 else (1e3, "k")
+    rows = [[part, *(f"{budget[part] / scale:.2f}{unit}" for budget in budgets.values())] for part in parts]
+    rows.append(["total", *(f"{sum(budget.values()) / scale:.2f}{unit}" for budget in budgets.values())])
+    rows.append(["published", *(f"{PUBLISHED_SIZES[name] / 1e6:g}M" if name in PUBLISHED_SIZES else "-"
+                                for name in budgets)])
+    header = ["part", *budgets]
+    widths = [max(len(str(row[column])) for row in [header, *rows]) for column in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) if column == 0 else cell.rjust(width)
+                       for column, (cell, width) in enumerate(zip(line, widths))) for line in [header, *rows]]
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -352,19 +385,37 @@ def plot_patch_grid(image: torch.Tensor, patch_size: int | Sequence[int], ax: pl
     return figure
 
 
-def plot_token_cost(image_sizes: Sequence[int], patch_size: int = 16, hidden_size: int = 768,
-                    intermediate_size: int | None = None) -> Figure:
-    """Tokens and per-layer FLOPs (attention vs MLP) against image resolution, for square images."""
+def plot_token_cost(image_sizes: Sequence[int], patch_sizes: Sequence[int] = (8, 16, 32), hidden_size: int = 768,
+                    intermediate_size: int | None = None,
+                    marked: dict[str, tuple[int, int]] | None = None) -> Figure:
+    """Tokens (left) and per-layer GFLOPs of attention and MLP (right) against the side of square images.
+
+    One colour per patch size; `marked` labels points by name, {label: (image size, patch size)}
+    (default: ViT-B/16 at 224 and 384 px).
+    """
     intermediate_size = intermediate_size or 4 * hidden_size
-    tokens = [sequence_length(size, patch_size) for size in image_sizes]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
-    left.plot(image_sizes, tokens, marker="o")
-    left.set(xlabel="image size (px)", ylabel="tokens (patches + CLS)", title=f"Sequence length, patch {patch_size}")
-    right.plot(image_sizes, [attention_flops(n, hidden_size) / 1e9 for n in tokens], marker="o", label="attention")
-    right.plot(image_sizes, [mlp_flops(n, hidden_size, intermediate_size) / 1e9 for n in tokens], marker="o",
-               label="MLP")
-    right.set(xlabel="image size (px)", ylabel="GFLOPs per layer", title=f"Cost of one block, D={hidden_size}")
-    right.legend()
+    marked = {"ViT-B/16 @224": (224, 16), "ViT-B/16 @384": (384, 16)} if marked is None else marked
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for index, patch in enumerate(patch_sizes):
+        sizes = [size for size in image_sizes if size % patch == 0]
+        tokens = [sequence_length(size, patch) for size in sizes]
+        color = f"C{index}"
+        left.plot(sizes, tokens, marker=".", color=color, label=f"patch {patch}")
+        right.plot(sizes, [attention_flops(n, hidden_size) / 1e9 for n in tokens], marker=".", color=color,
+                   label=f"attention, patch {patch}")
+        right.plot(sizes, [mlp_flops(n, hidden_size, intermediate_size) / 1e9 for n in tokens], linestyle="--",
+                   color=color, label=f"MLP, patch {patch}")
+    for label, (size, patch) in marked.items():
+        tokens = sequence_length(size, patch)
+        for ax, value in ((left, tokens), (right, attention_flops(tokens, hidden_size) / 1e9)):
+            ax.plot([size], [value], marker="*", markersize=12, color="black", linestyle="none")
+            ax.annotate(f"{label}\n{value:,.0f}" if ax is left else f"{label}\n{value:.1f}", (size, value),
+                        textcoords="offset points", xytext=(6, -14), fontsize=8)
+    left.set(xlabel="image side (px)", ylabel="tokens (patches + CLS)", yscale="log", title="Sequence length")
+    right.set(xlabel="image side (px)", ylabel="GFLOPs per block, one image", yscale="log",
+              title=f"Cost of one encoder block, D={hidden_size}")
+    left.legend(fontsize=8)
+    right.legend(fontsize=7, ncols=2)
     figure.tight_layout()
     return figure
 
@@ -385,3 +436,114 @@ def plot_parameter_budget(configs: dict[str, ViTConfig]) -> Figure:
     ax.legend()
     figure.tight_layout()
     return figure
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Experiments of the lesson
+# ---------------------------------------------------------------------------------------------------------------
+
+class InterpolatedPositions(nn.Module):
+    """A transformers ViT that accepts any image size: each call interpolates its position embeddings."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor):
+        return self.model(pixel_values, interpolate_pos_encoding=True)
+
+
+def accuracy_by_resolution(model: nn.Module, dataset, spec, sizes: Sequence[int], batch_size: int = 256,
+                           progress: bool = False) -> dict[int, float]:
+    """Test accuracy of `model` on `dataset` (raw uint8 images) resized to each square size in `sizes`.
+
+    `spec` (a `helpers.data.ImageSpec`) gives the normalisation; sizes other than the model's own run with
+    interpolated position embeddings.
+    """
+    from helpers.data import ImageSpec, eval_transform
+    from helpers.evaluate import accuracy, predict
+
+    wrapped = InterpolatedPositions(model)
+    results = {}
+    for size in sizes:
+        resized = dataset.with_transform(eval_transform(ImageSpec((size, size), spec.mean, spec.std)))
+        predictions = predict(wrapped, resized, batch_size=batch_size, progress=progress)
+        results[size] = accuracy(predictions.preds, predictions.labels)
+    return results
+
+
+def small_cnn(num_classes: int, num_channels: int = 3, width: int = 32) -> nn.Sequential:
+    """A three-stage CNN baseline (conv-BN-ReLU-max-pool at widths w, 2w, 4w; global average pool; linear).
+
+    Its convolutions build in what a ViT must learn from data: locality and translation equivariance.
+    """
+    stages, channels = [], num_channels
+    for out_channels in (width, 2 * width, 4 * width):
+        stages += [nn.Conv2d(channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels), nn.ReLU(),
+                   nn.MaxPool2d(2)]
+        channels = out_channels
+    return nn.Sequential(*stages, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+
+
+def show_code(*objects) -> "IPython.display.Markdown":
+    """The source of functions or classes as a highlighted code block, for reading in a notebook."""
+    import inspect
+
+    from IPython.display import Markdown
+
+    return Markdown("\n\n".join(f"```python\n{inspect.getsource(obj).rstrip()}\n```" for obj in objects))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Exercise checkers: print "Correct: ..." or raise AssertionError saying what is wrong
+# ---------------------------------------------------------------------------------------------------------------
+
+def check_token_arithmetic(tokens: int, flops: float, *, image_size: int | Sequence[int], patch_size: int,
+                           hidden_size: int) -> None:
+    """Check the sequence length and the FLOPs of one attention layer for a square-patch ViT config."""
+    expected_tokens = sequence_length(image_size, patch_size)
+    assert tokens != expected_tokens - 1, "Off by one: the sequence also holds the CLS token."
+    assert tokens == expected_tokens, (
+        f"The sequence length is not {tokens}: count the patches, (H/P)·(W/P), then add the CLS token."
+    )
+    expected = attention_flops(tokens, hidden_size)
+    mistakes = {
+        attention_flops(tokens - 1, hidden_size): "Count the FLOPs over the whole sequence, CLS token included.",
+        expected / 2: "A multiply-add counts as 2 FLOPs: double your count.",
+        4 * tokens**2 * hidden_size: "Add the four projections (Q, K, V and output), 8·N·D² FLOPs.",
+        8 * tokens * hidden_size**2: "Add the scores Q·Kᵀ and the weighted sum of V, 4·N²·D FLOPs.",
+    }
+    for wrong, message in mistakes.items():
+        assert not math.isclose(flops, wrong, rel_tol=1e-6), message
+    assert math.isclose(flops, expected, rel_tol=1e-6), (
+        f"{flops:.4g} FLOPs is not the cost of one attention layer: add 8·N·D² for the projections and 4·N²·D "
+        "for the scores and the weighted sum."
+    )
+    print(f"Correct: {tokens} tokens; one attention layer costs {flops / 1e9:.1f} GFLOPs per image, "
+          f"{4 * tokens**2 * hidden_size / flops:.0%} of it in the N² part.")
+
+
+def check_attention_head(attend) -> None:
+    """Check a function `attend(q, k, v)` that computes one head of scaled dot-product attention."""
+    generator = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 7, 16, generator=generator), torch.randn(2, 9, 16, generator=generator)
+    v = torch.randn(2, 9, 5, generator=generator)
+    result = attend(q, k, v)
+    assert isinstance(result, torch.Tensor), f"attend must return a tensor, got {type(result).__name__}."
+    assert result.shape == (2, 7, 5), (
+        f"The result has shape {tuple(result.shape)}; it should be [batch, queries, value dim] = (2, 7, 5)."
+    )
+    scores = q @ k.transpose(-2, -1)
+    mistakes = {
+        "Divide the scores by √d (d = 16 here) before the softmax.": scores.softmax(-1) @ v,
+        "Take the softmax over the keys (the last dimension), so each query's weights sum to 1.":
+            (scores / 4).softmax(-2) @ v,
+    }
+    for message, wrong in mistakes.items():
+        assert not torch.allclose(result, wrong, atol=1e-5), message
+    difference = (result - attention(q, k, v)).abs().max().item()
+    assert difference < 1e-5, (
+        f"The result differs from softmax(Q·Kᵀ/√d)·V by up to {difference:.3g}; compare your steps with "
+        "helpers.scratch.attention_weights."
+    )
+    print("Correct: your head matches softmax(Q·Kᵀ/√d)·V.")

@@ -17,6 +17,7 @@ exercise checkers of lesson 05.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -259,7 +260,7 @@ def fit(
     schedule: str = "warmup_cosine",
     patience: int | None = None,
     restore_best: bool = False,
-    torch_compile: bool = False,
+    torch_compile: bool | str = False,
     **overrides,
 ) -> History:
     """Train `model` on `train_set`, validating on `val_set` after each epoch; return the History.
@@ -274,7 +275,8 @@ def fit(
     'constant' (all after the warmup). `patience=n` stops once validation accuracy has not
     improved for n epochs; `restore_best=True` ends with the weights of the best epoch (also
     written to `checkpoint_dir/best` when there is one). `torch_compile=True` compiles the
-    model. Datasets may be `DeviceImages` (batches prepared on the GPU).
+    model with torch.compile (or give a backend name, e.g. 'aot_eager'). Datasets may be
+    `DeviceImages` (batches prepared on the GPU).
     """
     settings = dataclasses.replace(settings, **overrides)
     if len(train_set) == 0 or len(val_set) == 0:
@@ -295,8 +297,7 @@ def fit(
                                settings.lr)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     scheduler = make_scheduler(optimizer, schedule, steps.warmup, steps.total)
-    if torch_compile:
-        model = torch.compile(model)
+    model = maybe_compile(model, torch_compile)
     best = BestWeights(accelerator, Path(checkpoint_dir) / "best" if checkpoint_dir is not None else None)
 
     history, start_epoch = History(), 0
@@ -329,6 +330,13 @@ def fit(
         best.restore(model)
     model.eval()
     return history
+
+
+def maybe_compile(model: torch.nn.Module, torch_compile: bool | str) -> torch.nn.Module:
+    """`model` itself (False), compiled with inductor (True), or compiled with the backend named."""
+    if not torch_compile:
+        return model
+    return torch.compile(model, backend="inductor" if torch_compile is True else torch_compile)
 
 
 class BestWeights:
@@ -547,7 +555,8 @@ def lr_find(
     `optimizer` is a name from `OPTIMIZERS` (a fresh one over the default groups) or your own
     optimizer; every group is set to the swept lr. Afterwards the model's weights and train/eval
     modes, the optimizer's state and learning rates and the random number generators are exactly
-    as they were before, so the test changes nothing but where the model lives (its device).
+    as they were before: the test changes nothing but where the model lives (its device) and, on
+    a GPU, the autocast that Accelerate wraps around its forward (as `fit()` does too).
     """
     settings = dataclasses.replace(settings, **overrides)
     if not 0 < start_lr < end_lr:
@@ -558,19 +567,28 @@ def lr_find(
         raise ValueError("The training set must hold at least one image.")
     if isinstance(optimizer, str):
         optimizer = make_optimizer(optimizer, parameter_groups(model, settings.weight_decay), start_lr)
-    saved_weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-    saved_modes = {module: module.training for module in model.modules()}
-    saved_optimizer = copy.deepcopy(optimizer.state_dict())
-    saved_rng = rng_state()
-    try:
+    with left_as_it_was(model, optimizer):
         return sweep_learning_rates(model, train_set, settings, optimizer, start_lr, end_lr, num_steps, smoothing,
                                     diverge_factor, batch_transform, progress)
+
+
+@contextlib.contextmanager
+def left_as_it_was(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None):
+    """Train freely inside the block; afterwards the model's weights and train/eval modes, the optimizer's state
+    and learning rates, and the random generators are as they were before, and no gradients are left."""
+    saved_weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    saved_modes = {module: module.training for module in model.modules()}
+    saved_optimizer = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
+    saved_rng = rng_state()
+    try:
+        yield
     finally:
         model.load_state_dict(saved_weights)
         for module, training in saved_modes.items():
             module.train(training)
-        optimizer.load_state_dict(saved_optimizer)
-        optimizer.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
+        if optimizer is not None:
+            optimizer.load_state_dict(saved_optimizer)
         set_rng_state(saved_rng)
 
 
@@ -616,7 +634,7 @@ def check_lr_choice(lr: float, finder: LRFinderResult) -> bool:
     curve, well below where the loss turns up.
     """
     low, high = finder.lr_at_min / 30, finder.lr_at_min / 3
-    if not lr > 0:
+    if not (isinstance(lr, (int, float)) and lr > 0):
         raise AssertionError(f"A learning rate must be a positive number, got {lr!r}.")
     if lr > high:
         raise AssertionError(
@@ -680,20 +698,20 @@ def check_accumulation(grad_accum: int, batch_size: int, target: int = 512, num_
 
 # ---------------------------------------------------------------- keeping the GPU busy
 def prepare_batch(images: torch.Tensor, spec: ImageSpec, *, augment: bool = False,
-                  crop_scale: tuple[float, float] = (0.35, 1.0), crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                  crop_scale: tuple[float, float] = (0.5, 1.0), crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                  flip: bool = True, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 images [B, 3, h, w] -> model input [B, 3, *spec.size] in `dtype`, on the images' device.
 
     With `augment`, each image gets its own random resized crop (area share in `crop_scale`,
-    aspect ratio in `crop_ratio`) and a coin-flip horizontal flip, and the crop is resampled
-    straight to the model's size by one `grid_sample`; without, the image is only resized.
-    Then scaled to [0, 1] and normalised like `helpers.data.to_model_input`.
+    aspect ratio in `crop_ratio`) and, with `flip`, a coin-flip horizontal mirror; the crop is
+    resampled straight to the model's size by one `grid_sample`. Without `augment` the image
+    is only resized. Then scaled to [0, 1] and normalised like `helpers.data.to_model_input`.
     """
     if images.dtype != torch.uint8 or images.ndim != 4:
         raise ValueError(f"Expected uint8 images [B, 3, H, W], got {images.dtype} {tuple(images.shape)}.")
     pixels = images.to(dtype) / 255
     if augment:
-        theta = random_crop_flip_theta(len(images), crop_scale, crop_ratio, images.device)
+        theta = random_crop_flip_theta(len(images), crop_scale, crop_ratio, images.device, flip)
         grid = F.affine_grid(theta.to(dtype), [len(images), 3, *spec.size], align_corners=False)
         pixels = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="border", align_corners=False)
     elif tuple(pixels.shape[-2:]) != tuple(spec.size):
@@ -705,8 +723,9 @@ def prepare_batch(images: torch.Tensor, spec: ImageSpec, *, augment: bool = Fals
 
 
 def random_crop_flip_theta(batch: int, scale: tuple[float, float], ratio: tuple[float, float],
-                           device) -> torch.Tensor:
-    """One affine matrix [B, 2, 3] per image for `F.affine_grid`: a random crop box, mirrored with probability 1/2.
+                           device, flip: bool = True) -> torch.Tensor:
+    """One affine matrix [B, 2, 3] per image for `F.affine_grid`: a random crop box, mirrored with probability
+    1/2 when `flip`.
 
     In `affine_grid`'s coordinates ([-1, 1] across the image) a box of relative width w and
     height h centred at (cx, cy) is [[w, 0, cx], [0, h, cy]]; a negative w mirrors it.
@@ -717,7 +736,9 @@ def random_crop_flip_theta(batch: int, scale: tuple[float, float], ratio: tuple[
     height = (area / log_ratio.exp()).sqrt().clamp(max=1.0)
     centre_x = (torch.rand(batch, device=device) * 2 - 1) * (1 - width)
     centre_y = (torch.rand(batch, device=device) * 2 - 1) * (1 - height)
-    mirror = torch.where(torch.rand(batch, device=device) < 0.5, -1.0, 1.0)
+    mirror = torch.ones(batch, device=device)
+    if flip:
+        mirror = torch.where(torch.rand(batch, device=device) < 0.5, -1.0, 1.0)
     theta = torch.zeros(batch, 2, 3, device=device)
     theta[:, 0, 0], theta[:, 0, 2] = width * mirror, centre_x
     theta[:, 1, 1], theta[:, 1, 2] = height, centre_y
@@ -729,6 +750,13 @@ def keep_batch(batch):
     return batch
 
 
+def default_device() -> torch.device:
+    """This process's GPU (the one `LOCAL_RANK` names under torchrun / accelerate launch), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
 class DeviceImages(torch.utils.data.Dataset):
     """A whole image set kept as uint8 on the GPU (CIFAR-10's 50,000 images take 150 MB), served a batch at a time.
 
@@ -737,18 +765,20 @@ class DeviceImages(torch.utils.data.Dataset):
     picks indices; `__getitems__` gathers the batch on the device and `prepare_batch` does the
     per-sample crop and flip, the resize and the normalisation there, in `dtype` (bf16 on a GPU).
     On a CPU the same code runs in float32. Works in `fit()` like any dataset (num_workers is not used).
+    `flip=False` for data whose mirror image means something else (digits, text).
     """
 
     def __init__(self, images: torch.Tensor, labels, spec: ImageSpec, *, augment: bool = False,
-                 crop_scale: tuple[float, float] = (0.35, 1.0), device=None, dtype: torch.dtype | None = None):
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+                 crop_scale: tuple[float, float] = (0.5, 1.0), flip: bool = True, device=None,
+                 dtype: torch.dtype | None = None):
+        device = torch.device(device) if device is not None else default_device()
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"Expected uint8 images [N, 3, H, W], got {images.dtype} {tuple(images.shape)}.")
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels: give one label per image.")
         self.images = images.to(device)
         self.labels = torch.as_tensor(labels, dtype=torch.long).to(device)
-        self.spec, self.augment, self.crop_scale = spec, augment, crop_scale
+        self.spec, self.augment, self.crop_scale, self.flip = spec, augment, crop_scale, flip
         self.dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
 
     @classmethod
@@ -763,14 +793,17 @@ class DeviceImages(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int):
-        images, labels = self.__getitems__([index])
+        images, labels = self.batch([index])
         return images[0], labels[0]
 
-    def __getitems__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images `indices`, prepared on the device (a fresh random draw per image when augmenting), and labels."""
         index = torch.as_tensor(indices, dtype=torch.long).to(self.images.device, non_blocking=True)
-        batch = prepare_batch(self.images[index], self.spec, augment=self.augment, crop_scale=self.crop_scale,
-                              dtype=self.dtype)
-        return batch, self.labels[index]
+        images = prepare_batch(self.images[index], self.spec, augment=self.augment, crop_scale=self.crop_scale,
+                               flip=self.flip, dtype=self.dtype)
+        return images, self.labels[index]
+
+    __getitems__ = batch  # what a DataLoader calls to fetch a whole batch at once
 
     def loader(self, batch_size: int, *, shuffle_generator: torch.Generator | None = None):
         """A DataLoader of whole prepared batches, shuffled by `shuffle_generator` when given."""
@@ -798,13 +831,10 @@ class Throughput:
     """Training speed of one configuration: images per second, and memory."""
 
     batch_size: int
-    compiled: bool
+    compiled: bool | str
     images_per_second: float
     saved_for_backward_mib: float  # activations autograd keeps for the backward pass (any device)
     peak_gpu_mib: float | None  # all GPU memory at its peak (None on a CPU)
-
-    def row(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def saved_for_backward_bytes(model: torch.nn.Module, images: torch.Tensor) -> int:
@@ -825,40 +855,42 @@ def saved_for_backward_bytes(model: torch.nn.Module, images: torch.Tensor) -> in
 
 def measure_training_throughput(model: torch.nn.Module, dataset: DeviceImages, settings: Settings, *,
                                 batch_size: int, steps: int = 10, warmup_steps: int = 3,
-                                torch_compile: bool = False) -> Throughput:
-    """Images per second of `fit()`'s training step (`train_step`) on a copy of `model`, after `warmup_steps`
-    untimed steps (compilation happens there), and the memory it takes. `model` is left untouched."""
+                                torch_compile: bool | str = False) -> Throughput:
+    """Images per second of `fit()`'s training step (`train_step`), after `warmup_steps` untimed steps
+    (compilation happens there), and the memory it takes. `torch_compile` as in `fit()`. The model's
+    weights are put back afterwards (see `left_as_it_was`)."""
     if steps < 1 or warmup_steps < 0:
         raise ValueError(f"Need steps >= 1 and warmup_steps >= 0, got {steps} and {warmup_steps}.")
     settings = dataclasses.replace(settings, batch_size=batch_size, grad_accum=1)
-    accelerator = make_accelerator(settings)
-    seed_everything(settings.seed)
-    copy_of_model = copy.deepcopy(model).train()
-    optimizer = make_optimizer("adamw", parameter_groups(copy_of_model, settings.weight_decay), settings.lr)
-    loader = dataset.loader(batch_size, shuffle_generator=torch.Generator().manual_seed(settings.seed))
-    copy_of_model, optimizer = accelerator.prepare(copy_of_model, optimizer)
-    saved = saved_for_backward_bytes(copy_of_model, next(iter(loader))[0])
-    runner = torch.compile(copy_of_model) if torch_compile else copy_of_model
-    on_gpu = accelerator.device.type == "cuda"
-    if on_gpu:
-        torch.cuda.reset_peak_memory_stats()
+    with left_as_it_was(model):
+        accelerator = make_accelerator(settings)
+        seed_everything(settings.seed)
+        optimizer = make_optimizer("adamw", parameter_groups(model, settings.weight_decay), settings.lr)
+        prepared, optimizer = accelerator.prepare(model, optimizer)
+        prepared.train()
+        loader = dataset.loader(batch_size, shuffle_generator=torch.Generator().manual_seed(settings.seed))
+        saved = saved_for_backward_bytes(prepared, next(iter(loader))[0])
+        runner = maybe_compile(prepared, torch_compile)
+        on_gpu = accelerator.device.type == "cuda"
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats(accelerator.device)
 
-    def run(count: int) -> None:
-        done = 0
-        while done < count:
-            for images, labels in loader:
-                train_step(runner, images, labels, optimizer, None, accelerator, settings.max_grad_norm)
-                done += 1
-                if done == count:
-                    break
+        def run(count: int) -> None:
+            done = 0
+            while done < count:
+                for images, labels in loader:
+                    train_step(runner, images, labels, optimizer, None, accelerator, settings.max_grad_norm)
+                    done += 1
+                    if done == count:
+                        break
 
-    run(warmup_steps)
-    synchronize(accelerator.device)
-    started = time.perf_counter()
-    run(steps)
-    synchronize(accelerator.device)
-    seconds = time.perf_counter() - started
-    peak = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None
+        run(warmup_steps)
+        synchronize(accelerator.device)
+        started = time.perf_counter()
+        run(steps)
+        synchronize(accelerator.device)
+        seconds = time.perf_counter() - started
+        peak = torch.cuda.max_memory_allocated(accelerator.device) / 2**20 if on_gpu else None
     return Throughput(batch_size, torch_compile, steps * batch_size / seconds, saved / 2**20, peak)
 
 
@@ -866,6 +898,17 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work, so a timer measures the work and not only its launch."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def throughput_table(results: list[Throughput]) -> str:
+    """A markdown table of `measure_training_throughput` results, one row per configuration."""
+    lines = ["| batch size | compiled | images / s | saved for backward (MiB) | peak GPU memory (MiB) |",
+             "|---|---|---|---|---|"]
+    for r in results:
+        peak = "-" if r.peak_gpu_mib is None else f"{r.peak_gpu_mib:,.0f}"
+        lines.append(f"| {r.batch_size} | {r.compiled or 'no'} | {r.images_per_second:,.0f} | "
+                     f"{r.saved_for_backward_mib:,.1f} | {peak} |")
+    return "\n".join(lines)
 
 
 def plot_throughput(results: list[Throughput]):
@@ -879,8 +922,10 @@ def plot_throughput(results: list[Throughput]):
     ax_memory.plot(sizes, [r.saved_for_backward_mib for r in results], marker="o", label="saved for backward")
     if all(r.peak_gpu_mib is not None for r in results):
         ax_memory.plot(sizes, [r.peak_gpu_mib for r in results], marker="o", label="peak GPU memory")
-    ax_memory.set(xscale="log", xlabel="batch size", ylabel="MiB", title="memory")
+    ax_memory.set(xscale="log", yscale="log", xlabel="batch size", ylabel="MiB (log scale)", title="memory")
     ax_memory.legend(fontsize=8)
+    saved = [r.saved_for_backward_mib for r in results]
+    ax_memory.set_yticks(saved, [f"{value:,.0f}" for value in saved])
     for ax in (ax_speed, ax_memory):
         ax.set_xticks(sizes, [str(s) for s in sizes])
         ax.minorticks_off()
@@ -949,7 +994,7 @@ def fit_with_trainer(model: torch.nn.Module, train_set, val_set, settings: Setti
     loss; Trainer evaluates every epoch (`eval_strategy="epoch"`) and runs on the CPU when there
     is no GPU (`use_cpu`). Only the shuffling order differs (Trainer draws its own from the seed).
     """
-    from transformers import TrainingArguments
+    from transformers import PrinterCallback, TrainingArguments
 
     settings = dataclasses.replace(settings, **overrides)
     precision = mixed_precision_for(settings)[0]
@@ -971,6 +1016,8 @@ def fit_with_trainer(model: torch.nn.Module, train_set, val_set, settings: Setti
         data_collator=collate_for_trainer, compute_metrics=accuracy_metric, optimizers=(optimizer, scheduler),
         callbacks=[callback],
     )
+    if not progress:
+        trainer.remove_callback(PrinterCallback)
     trainer.train()
     model.eval()
     return callback.history
@@ -1015,12 +1062,15 @@ def run_distributed_demo(out_dir: str | os.PathLike, nproc_per_node: int = 2, tr
 
     Each report holds rank, world_size, the weights' checksum before and after training, and
     val_accuracy. Every rank must end with the same weights for data-parallel training to be right.
+    With fewer GPUs than processes the processes run on the CPU (gloo), as two cannot share one GPU.
     """
     out_dir = Path(out_dir)
     command = torchrun_command(DISTRIBUTED_DEMO, ["--out", str(out_dir), "--train-size", str(train_size)],
                                nproc_per_node)
     print("$ " + shlex.join(["python", *command[1:]]), flush=True)
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    if torch.cuda.device_count() < nproc_per_node:
+        environment["CUDA_VISIBLE_DEVICES"] = ""
     finished = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment)
     if finished.returncode != 0:
         raise RuntimeError(f"torchrun failed with exit code {finished.returncode}:\n{finished.stderr[-2000:]}")

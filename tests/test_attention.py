@@ -1,3 +1,5 @@
+import math
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -10,14 +12,20 @@ from matplotlib import colormaps
 from transformers import ViTConfig, ViTForImageClassification
 
 from helpers.attention import (
+    attention_explorer,
+    attention_map,
     attention_rollout,
     cls_attention,
+    model_attentions,
     overlay,
     plot_attention_maps,
+    plot_attention_view,
     plot_position_similarity,
     position_similarity,
     rollout_matrix,
+    similarity_by_relation,
 )
+from helpers.data import ImageSpec
 from helpers.scratch import ScratchViT
 
 TINY = dict(image_size=32, patch_size=4, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -159,3 +167,74 @@ def test_plot_position_similarity_tiles_one_map_per_patch():
     assert mosaic.shape == (4 * 5, 6 * 7)
     assert np.allclose(mosaic[5 + 1, 7 * 2 + 2], 1.0)  # tile (1, 2) is brightest at its own patch
     plt.close(figure)
+
+
+def eager_tiny_vit() -> ViTForImageClassification:
+    torch.manual_seed(0)
+    return ViTForImageClassification(ViTConfig(**TINY, attn_implementation="eager")).eval()
+
+
+SPEC = ImageSpec((32, 32), (0.5,) * 3, (0.5,) * 3)
+
+
+def test_model_attentions_resize_the_image_to_the_model_input():
+    image = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8)
+    resized, weights = model_attentions(eager_tiny_vit(), image, SPEC)
+    assert resized.shape == (3, 32, 32) and resized.dtype == torch.uint8
+    assert weights.shape == (2, 4, 65, 65)
+    assert torch.allclose(weights.sum(-1), torch.ones(2, 4, 65), atol=1e-5)
+
+
+def test_attention_map_picks_a_head_the_mean_or_the_rollout():
+    weights = torch.stack([layer[0] for layer in random_attentions(3, 1, 4, 1 + 2 * 3)])
+    per_layer = tuple(weights[:, None])
+    assert torch.equal(attention_map(weights, (2, 3), layer=1, head=2), cls_attention(per_layer, 1, grid=(2, 3))[2])
+    assert torch.allclose(attention_map(weights, (2, 3)), cls_attention(per_layer, grid=(2, 3)).mean(0))
+    assert torch.allclose(attention_map(weights, (2, 3), head="rollout"), attention_rollout(per_layer, grid=(2, 3)))
+    with pytest.raises(ValueError, match="head 4 is not a head of this model; pick 0 to 3"):
+        attention_map(weights, (2, 3), head=4)
+
+
+def test_plot_attention_view_shows_chosen_patch_grid_and_model_attention():
+    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    weights = torch.stack([layer[0] for layer in random_attentions(2, 1, 4, 65)])
+    figure = plot_attention_view(image, weights, model_patch=4, patch_size=8, layer=-1, head=1)
+    left, right = figure.axes
+    assert len(left.texts) == 16 and "17 tokens" in left.get_title()
+    assert len(right.images) == 1 and "layer 1, head 1" in right.get_title()
+    plt.close(figure)
+
+
+def test_attention_explorer_draws_one_static_view_when_headless(monkeypatch, capsys):
+    monkeypatch.setenv("COURSE_HEADLESS", "1")
+    images = [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8) for _ in range(2)]
+    assert attention_explorer(eager_tiny_vit(), images, SPEC) is None
+    output = capsys.readouterr().out
+    assert "Figure" in output and "static view" in output
+    with pytest.raises(ValueError, match="at least one image"):
+        attention_explorer(eager_tiny_vit(), [], SPEC)
+
+
+def test_attention_explorer_is_live_in_jupyter(monkeypatch):
+    monkeypatch.delenv("COURSE_HEADLESS", raising=False)
+    images = [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)]
+    widget = attention_explorer(eager_tiny_vit(), images, SPEC)
+    controls = {child.description: child for child in widget.children[:-1]}
+    assert list(controls["patch size"].options) == [2, 4, 8, 16, 32] and controls["patch size"].value == 4
+    assert controls["layer"].max == 1 and list(controls["head"].options) == ["mean", "rollout", 0, 1, 2, 3]
+    plt.close("all")
+
+
+def test_similarity_by_relation_averages_the_right_pairs():
+    rows, cols = 3, 4
+    r1, c1, r2, c2 = torch.meshgrid(*(torch.arange(n) for n in (rows, cols, rows, cols)), indexing="ij")
+    # a made-up similarity that encodes the pair itself: 1000*|dr| + |dc|
+    similarity = 1000.0 * (r1 - r2).abs() + (c1 - c2).abs()
+    means = similarity_by_relation(similarity)
+    assert means["neighbours"] == pytest.approx((2 * 3 * 3 * 1 + 2 * 2 * 4 * 1000) / (2 * 3 * 3 + 2 * 2 * 4))
+    assert means["same row"] == pytest.approx((1 * 6 + 2 * 4 + 3 * 2) / 12)  # |dc| over the 12 ordered pairs of a row
+    assert means["same column"] == pytest.approx(1000 * (1 * 4 + 2 * 2) / 6)
+    assert means["left-right mirror"] == pytest.approx((3 + 1 + 1 + 3) / 4)  # columns 0<->3 and 1<->2
+    assert means["top-bottom mirror"] == pytest.approx(2000.0)  # rows 0<->2; row 1 is its own mirror
+    assert means["all pairs"] == pytest.approx(similarity.sum().item() / (rows * cols * (rows * cols - 1)))
+    assert math.isnan(similarity_by_relation(torch.ones(1, 1, 1, 1))["neighbours"])

@@ -1,11 +1,14 @@
+import dataclasses
+
 import pytest
 import torch
 from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+from transformers.utils import logging as transformers_logging
 
-from helpers import augment
+from helpers import augment, data, profiles
 from helpers.data import ImageSpec, TensorImages, eval_transform
 
 HALF = (0.5, 0.5, 0.5)
@@ -188,3 +191,106 @@ def test_plot_augmentations_grid_shows_true_colours():
     assert [ax.get_ylabel() for ax in fig.axes[::2]] == ["original", "none"]
     shown = torch.as_tensor(fig.axes[2].images[0].get_array()).permute(2, 0, 1)
     assert torch.allclose(shown, images[0].float() / 255, atol=1e-5)
+
+
+CLASSES = [str(d) for d in range(10)]
+
+
+def titles_of(fig):
+    return [ax.get_title() for ax in fig.axes if ax.images]
+
+
+def test_target_title_names_hard_and_soft_targets():
+    assert augment.target_title(torch.tensor(3), CLASSES) == "3"
+    soft = torch.zeros(10)
+    soft[[2, 7]] = torch.tensor([0.25, 0.75])
+    assert augment.target_title(soft, CLASSES) == "7:0.75 2:0.25"
+    assert augment.target_title(torch.nn.functional.one_hot(torch.tensor(4), 10).float(), CLASSES) == "4"
+
+
+def test_plot_batch_titles_each_image_with_its_target():
+    images, labels = torch.rand(5, 3, 16, 16), torch.tensor([0, 1, 2, 3, 4])
+    fig = augment.plot_batch(images, labels, CLASSES, n=4)
+    assert titles_of(fig) == ["0", "1", "2", "3"]
+
+
+def test_preview_figure_shows_fresh_draws_and_mixed_labels():
+    torch.manual_seed(0)
+    images, labels = [random_image(seed=i) for i in range(4)], [0, 1, 2, 3]
+    none = augment.preview_figure(images, labels, UPSAMPLING, CLASSES, "none", draws=2)
+    assert len([ax for ax in none.axes if ax.images]) == 2 * 4
+    first, second = (torch.as_tensor(ax.images[0].get_array()) for ax in none.axes[0:5:4])
+    assert torch.equal(first, second)  # no augmentation: every draw is the same picture
+    strong = augment.preview_figure(images, labels, UPSAMPLING, CLASSES, "strong", magnitude=1.0, draws=3)
+    titles = titles_of(strong)
+    assert len(titles) == 3 * 4 and any(" " in title for title in titles)  # some images hold two classes
+    assert "strong, magnitude 1" in strong.get_suptitle()
+
+
+def test_preview_headless_draws_the_initial_choice_once(monkeypatch, capsys):
+    monkeypatch.setenv("COURSE_HEADLESS", "1")
+    calls = []
+
+    def fake_figure(images, labels, spec, class_names, preset, magnitude, draws):
+        calls.append((preset, magnitude))
+        return Figure()
+
+    monkeypatch.setattr(augment, "preview_figure", fake_figure)
+    assert augment.preview([random_image()], [0], UPSAMPLING, CLASSES, preset="basic", magnitude=0.3) is None
+    assert calls and set(calls) == {("basic", 0.3)}
+    assert "static view" in capsys.readouterr().out
+
+
+def test_dataloader_workers_give_each_image_its_own_draw():
+    same_image = random_image().unsqueeze(0).repeat(8, 1, 1, 1)
+    dataset = TensorImages(same_image, [0] * 8, ["a"])
+    train = augment.build("basic", UPSAMPLING, magnitude=1.0).train_transform
+    loader = DataLoader(dataset.with_transform(train), batch_size=4, num_workers=2)
+    images = torch.cat([batch for batch, _ in loader])
+    assert augment.count_distinct(images) == 8
+
+
+def digit_like_splits(n=40, classes=("dark", "bright")):
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % len(classes)
+    images = (labels.view(-1, 1, 1, 1) * 150 + torch.randint(0, 100, (n, 3, 32, 32), generator=generator))
+    images = TensorImages(images.to(torch.uint8), labels.tolist(), list(classes))
+    third = n // 3
+    return data.Splits(images.subset(range(third, n)), images.subset(range(third)), images.subset(range(third)),
+                       list(classes), "made up")
+
+
+def test_loader_throughput_counts_images_per_second():
+    dataset = digit_like_splits(40).train.with_transform(eval_transform(UPSAMPLING))
+    assert augment.loader_throughput(dataset, batch_size=8) > 0
+    with pytest.raises(ValueError, match="more than one batch"):
+        augment.loader_throughput(dataset, batch_size=len(dataset))
+    rates = augment.throughput_by_preset(dataset, UPSAMPLING, ("none", "strong"), batch_size=8)
+    assert list(rates) == ["none", "strong"] and all(rate > 0 for rate in rates.values())
+
+
+SMOKE = profiles.resolve("smoke", epochs=1, batch_size=8)
+
+
+def test_ablation_trains_each_preset_from_the_same_start(tiny_model_dir):
+    splits = digit_like_splits(36)
+    settings = dataclasses.replace(SMOKE, model_name=str(tiny_model_dir))
+    verbosity = transformers_logging.get_verbosity()
+    result = augment.run_ablation(splits, settings, ("none", "strong"), progress=False)
+    assert transformers_logging.get_verbosity() == verbosity  # load reports are silenced only while loading
+    assert list(result.histories) == ["none", "strong"]
+    assert all(0 <= accuracy <= 1 for accuracy in result.test_accuracy.values())
+    assert result.best in ("none", "strong")
+    table = result.table()
+    assert "| none |" in table and "| strong |" in table and " pt |" in table
+    assert [len(ax.lines) for ax in result.plot().axes] == [2, 2]
+    again = augment.run_ablation(splits, settings, ("none",), progress=False)
+    assert again.histories["none"].column("val_loss") == result.histories["none"].column("val_loss")
+    assert again.test_accuracy["none"] == result.test_accuracy["none"]
+
+
+@pytest.mark.parametrize("presets, magnitude", [(("none", "extreme"), 0.5), (("none",), 2.0)])
+def test_ablation_rejects_bad_choices_before_training(presets, magnitude):
+    settings = dataclasses.replace(SMOKE, model_name="/no/such/model")
+    with pytest.raises(ValueError):
+        augment.run_ablation(digit_like_splits(), settings, presets, magnitude, progress=False)

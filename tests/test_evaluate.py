@@ -11,7 +11,7 @@ from torchvision import tv_tensors
 from transformers import ViTConfig, ViTForImageClassification
 
 from helpers import evaluate as ev
-from helpers import profiles
+from helpers import models, profiles
 from helpers.attention import attention_rollout
 from helpers.data import ImageSpec, TensorImages, eval_transform
 
@@ -419,6 +419,21 @@ def test_robustness_sweep_reports_clean_and_each_severity():
         ev.robustness_sweep(model, labeled(images), transform, kinds=("snow",))
 
 
+def test_robustness_sweep_noise_is_reproducible_with_a_seed():
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    transform = eval_transform(ImageSpec((8, 8), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))
+
+    def noisy_batches(seed):
+        model = Recorder()
+        ev.robustness_sweep(model, labeled(images), transform, ("gaussian_noise",), (5,), progress=False, seed=seed)
+        return model.seen[1]
+
+    first = noisy_batches(seed=7)
+    torch.rand(5)  # the global generator moves on; the sweep's noise does not
+    assert torch.equal(noisy_batches(seed=7), first)
+    assert not torch.equal(noisy_batches(seed=8), first)
+
+
 # ---------------------------------------------------------------------------- uncertainty
 
 
@@ -569,7 +584,8 @@ def test_finetuned_trains_once_then_reuses_the_cache(tiny_model_dir, tmp_path):
     }
     assert len(first.history) == settings.epochs and len(first.splits.test) == 20
     assert not first.model.training
-    original = ev.predict(ev.models.load_model(str(tiny_model_dir), first.splits.classes)[0], first.splits.test, progress=False)
+    untrained, _ = models.load_model(str(tiny_model_dir), first.splits.classes)
+    original = ev.predict(untrained, first.splits.test, progress=False)
 
     second = ev.finetuned(settings, cache_dir=cache, attn_implementation="eager", progress=False)
     assert second.reused and second.folder == first.folder and second.history.rows == first.history.rows
@@ -590,7 +606,7 @@ def test_pipeline_from_saved_folder_agrees_with_classify_file(tiny_model_dir, tm
     from transformers import pipeline
 
     classes = [f"class {i}" for i in range(10)]
-    model, processor = ev.models.load_model(str(tiny_model_dir), classes)
+    model, processor = models.load_model(str(tiny_model_dir), classes)
     with torch.no_grad():
         model.classifier.weight.mul_(100)  # a clear winner, so top-1 does not hinge on rounding
     model.save_pretrained(tmp_path / "shipped")

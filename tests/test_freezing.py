@@ -1,10 +1,13 @@
 """Tests for helpers.freezing on a tiny randomly initialised ViT."""
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
 from transformers import ViTConfig, ViTForImageClassification
 
-from helpers import freezing
+from helpers import data, freezing, profiles
 from helpers.train import is_no_decay
 
 DEPTH = 2
@@ -301,3 +304,241 @@ def test_merge_lora_gives_a_plain_model_with_the_same_logits(model, images, tmp_
     reloaded = ViTForImageClassification.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(pixel_values=images).logits, lora_logits, atol=1e-5, rtol=1e-5)
+
+
+# --- layers, memory, recipes, the comparison ----------------------------------------------------
+
+SETTINGS = profiles.resolve("smoke", epochs=2, batch_size=8, lr=1e-2, warmup_ratio=0.0)
+SPEC = data.ImageSpec((IMAGE_SIZE, IMAGE_SIZE), (0.5,) * 3, (0.5,) * 3)
+
+
+def tiny_images(n=24, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8, generator=generator)
+    labels = [i % 3 for i in range(n)]
+    return data.TensorImages(images, labels, ["a", "b", "c"], transform=data.to_model_input(SPEC))
+
+
+def load_tiny():
+    return ViTForImageClassification(tiny_config())
+
+
+def test_parameters_by_layer_adds_up_and_follows_the_strategy(model):
+    freezing.freeze_first_blocks(model, 1)
+    by_layer = freezing.parameters_by_layer(model)
+    assert list(by_layer) == ["embeddings", "block 0", "block 1", "head"]
+    assert sum(c.total for c in by_layer.values()) == freezing.count_parameters(model).total
+    assert sum(c.trainable for c in by_layer.values()) == freezing.count_parameters(model).trainable
+    assert freezing.trainable_share_by_layer(model) == {"embeddings": 0.0, "block 0": 0.0, "block 1": 1.0, "head": 1.0}
+    freezing.linear_probe(model)
+    assert 0 < freezing.trainable_share_by_layer(model)["head"] < 1  # the final layernorm stays frozen
+
+
+def test_plot_trainable_map_draws_one_row_per_strategy(model):
+    shares = {"probe": freezing.trainable_share_by_layer(model)}
+    freezing.linear_probe(model)
+    shares["linear"] = freezing.trainable_share_by_layer(model)
+    image = freezing.plot_trainable_map(shares).axes[0].images[0]
+    assert image.get_array().shape == (2, DEPTH + 2)
+
+
+def test_peak_memory_sees_a_large_allocation():
+    with freezing.PeakMemory() as memory:
+        block = torch.ones(2**24)  # 64 MB, every page touched
+        del block
+    assert memory.mb > 40
+    assert "RSS" in memory.method or "CUDA" in memory.method
+
+
+def test_activation_memory_shrinks_with_freezing(model, images):
+    labels = torch.arange(len(images)) % 3
+    measured = {}
+    for name, strategy in [("probe", freezing.linear_probe), ("top", lambda m: freezing.freeze_first_blocks(m, 1)),
+                           ("full", freezing.full_finetune)]:
+        strategy(model)
+        measured[name] = freezing.activation_mb_per_image(model, images, labels)
+    assert 0 < measured["probe"] < measured["top"] < measured["full"]
+    assert all(param.grad is None for param in model.parameters())
+
+
+@pytest.mark.parametrize("epochs, parts, expected", [(15, 3, [5, 5, 5]), (7, 3, [2, 2, 3]), (2, 2, [1, 1])])
+def test_split_epochs_shares_out_every_epoch(epochs, parts, expected):
+    assert freezing.split_epochs(epochs, parts) == expected
+
+
+def test_split_epochs_rejects_fewer_epochs_than_stages():
+    with pytest.raises(ValueError, match="1 epoch"):
+        freezing.split_epochs(1, 3)
+
+
+def test_default_recipes_prepare_their_strategies(model):
+    recipes = {recipe.name: recipe for recipe in freezing.default_recipes(DEPTH, lora_rank=4)}
+    assert len(recipes) == 7
+    prepared = recipes["freeze emb + 1 blocks"].prepare(model)
+    assert prepared is model and freezing.trainable_names(model) == freezing.freeze_first_blocks(model, 1)
+    assert recipes["linear probe"].lr_scale > 1 and recipes["full fine-tune"].lr_scale == 1
+    lora = recipes["LoRA r=4"].prepare(load_tiny())
+    assert lora.peft_config["default"].r == 4
+
+
+def test_run_recipe_measures_and_proves_frozen_parameters():
+    recipe = freezing.Recipe("probe", lambda m: (freezing.linear_probe(m), m)[1], lr_scale=2)
+    result = freezing.run_recipe(recipe, load_tiny, tiny_images(), tiny_images(9, seed=1), SETTINGS, progress=False)
+    assert (result.strategy, result.backbone, len(result.history)) == ("probe", "pretrained", SETTINGS.epochs)
+    assert result.trainable == sum(p.numel() for p in result.model.classifier.parameters())
+    assert result.trainable_percent == pytest.approx(100 * result.trainable / result.total)
+    assert result.frozen_tensors_checked == len(names(result.model)) - 2
+    assert result.val_accuracy == result.history.rows[-1]["val_accuracy"]
+    assert result.seconds_per_epoch > 0 and result.activation_mb_per_image > 0
+
+
+def test_run_recipe_checks_only_what_stays_frozen_when_layers_thaw():
+    recipe = freezing.Recipe("gradual", lambda m: (freezing.freeze_first_blocks(m, DEPTH), m)[1], unfreeze_stages=2)
+    result = freezing.run_recipe(recipe, load_tiny, tiny_images(), tiny_images(9, seed=1), SETTINGS, progress=False)
+    assert result.frozen_tensors_checked == 0 and result.trainable == result.total
+    assert result.history.column("epoch") == [1, 2]
+
+
+def test_run_recipe_fails_when_a_frozen_parameter_moves(monkeypatch):
+    def leaky_fit(model, *args, **kwargs):
+        with torch.no_grad():
+            model.vit.embeddings.cls_token.add_(1.0)
+        return freezing.History([dict(epoch=1, train_loss=0.0, val_loss=0.0, val_accuracy=0.5, lr=0.0, seconds=0.1)])
+
+    monkeypatch.setattr(freezing, "fit", leaky_fit)
+    recipe = freezing.Recipe("probe", lambda m: (freezing.linear_probe(m), m)[1])
+    with pytest.raises(AssertionError, match="cls_token"):
+        freezing.run_recipe(recipe, load_tiny, tiny_images(), tiny_images(9), SETTINGS, progress=False)
+
+
+def test_llrd_recipe_gives_fit_decayed_groups_at_the_scaled_lr(monkeypatch):
+    calls = []
+    monkeypatch.setattr(freezing, "fit", lambda *args, **kwargs: calls.append(kwargs) or freezing.History())
+    model = load_tiny()
+    freezing.Recipe("llrd", lambda m: m, lr_scale=2, llrd_decay=0.5).train(model, None, None, SETTINGS)
+    (kwargs,) = calls
+    lr = SETTINGS.lr * 2
+    assert kwargs["lr"] == lr
+    by_name = {group["name"]: group["lr"] for group in kwargs["param_groups"]}
+    assert by_name["head"] == lr and by_name["block 0"] == pytest.approx(lr * 0.5**DEPTH)
+
+
+def test_gradual_unfreezing_recipe_trains_in_stages_and_ends_with_everything(monkeypatch):
+    stages = []
+
+    def fake_fit(model, *args, epochs, param_groups, **kwargs):
+        stages.append((epochs, len(freezing.trainable_names(model))))
+        return freezing.History([dict(epoch=e + 1, val_accuracy=0.0, seconds=0.0) for e in range(epochs)])
+
+    monkeypatch.setattr(freezing, "fit", fake_fit)
+    model = load_tiny()
+    recipe = freezing.Recipe("gradual", lambda m: m, unfreeze_stages=3)
+    history = recipe.train(model, None, None, dataclasses.replace(SETTINGS, epochs=4))
+    assert [epochs for epochs, _ in stages] == [1, 1, 2]
+    assert [count for _, count in stages] == sorted(count for _, count in stages)
+    assert stages[-1][1] == len(names(model)) and history.column("epoch") == [1, 2, 3, 4]
+
+
+def test_compare_strategies_and_its_table_and_plot():
+    recipes = [freezing.Recipe("probe", lambda m: (freezing.linear_probe(m), m)[1]),
+               freezing.Recipe("full", lambda m: (freezing.full_finetune(m), m)[1])]
+    settings = dataclasses.replace(SETTINGS, epochs=1)
+    results = freezing.compare_strategies(recipes, load_tiny, tiny_images(), tiny_images(9), settings)
+    results += freezing.compare_strategies(recipes[:1], load_tiny, tiny_images(), tiny_images(9), settings,
+                                           backbone="random init")
+    assert [(r.strategy, r.backbone) for r in results] == [
+        ("probe", "pretrained"), ("full", "pretrained"), ("probe", "random init")]
+    assert results[0].trainable < results[1].trainable == results[1].total
+    table = freezing.results_table(results, {"pixels": 0.5})
+    assert table.count("\n") == 2 + len(results) and "| pixels | control |" in table and "50.0%" in table
+    figure = freezing.plot_comparison(results, {"pixels": 0.5})
+    assert len(figure.axes) == 2 and len(figure.axes[0].patches) == 4  # 2 strategies x 2 backbones
+
+
+def test_describe_regime_follows_the_numbers():
+    def result(strategy, backbone, accuracy):
+        return freezing.RunResult(strategy, backbone, 1, 1, 0.0, 0.0, 0.0, accuracy, 0, freezing.History(), None)
+
+    results = [result("full fine-tune", "pretrained", 0.98), result("full fine-tune", "random init", 0.77)]
+    weak = freezing.describe_regime(results, pixel_accuracy=0.96, probe_accuracy=0.90)
+    strong = freezing.describe_regime(results, pixel_accuracy=0.40, probe_accuracy=0.95)
+    assert "Raw pixels" in weak and "backbone itself has to adapt" in weak and "98.0% from the checkpoint" in weak
+    assert "Frozen features beat raw pixels" in strong and "Pretraining pays" in strong
+    results[0].val_accuracy = 0.5
+    assert "Pretraining did not help" in freezing.describe_regime(results, 0.4, 0.95)
+
+
+# --- the fast linear probe and the controls -----------------------------------------------------
+
+
+def test_cache_features_is_what_the_classifier_sees(model):
+    dataset = tiny_images(10)
+    cached = freezing.cache_features(model, dataset, batch_size=4, progress=False)
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    with torch.no_grad():
+        torch.testing.assert_close(model.classifier(cached.features), model(pixel_values=images).logits)
+    assert cached.labels.tolist() == dataset.labels and len(cached) == 10
+    feature, label = cached[3]
+    assert feature.shape == (16,) and label == dataset.labels[3]
+
+
+def test_fast_linear_probe_matches_training_through_the_frozen_model():
+    train_set, val_set = tiny_images(24), tiny_images(9, seed=1)
+    torch.manual_seed(0)
+    slow, fast = load_tiny(), load_tiny()
+    fast.load_state_dict(slow.state_dict())
+    frozen_before = freezing.snapshot(fast, [n for n in names(fast) if not n.startswith("classifier.")])
+
+    freezing.linear_probe(slow)
+    slow_history = freezing.fit(slow, train_set, val_set, SETTINGS, progress=False)
+    probe = freezing.fast_linear_probe(fast, train_set, val_set, SETTINGS, progress=False)
+
+    freezing.assert_unchanged(fast, frozen_before)
+    assert freezing.trainable_names(fast) == ["classifier.weight", "classifier.bias"]
+    torch.testing.assert_close(fast.classifier.weight, slow.classifier.weight, atol=1e-5, rtol=1e-4)
+    assert probe.history.column("val_accuracy") == slow_history.column("val_accuracy")
+    assert probe.seconds >= probe.feature_seconds > 0
+    assert len(probe.train_features) == 24 and len(probe.val_features) == 9
+
+
+def test_pixel_matrix_and_logistic_regression_on_separable_data():
+    dataset = tiny_images(30)
+    pixels = freezing.pixel_matrix(dataset)
+    assert pixels.shape == (30, 3 * IMAGE_SIZE * IMAGE_SIZE) and 0 <= pixels.min() and pixels.max() <= 1
+    labels = np.arange(60) % 2
+    points = np.random.default_rng(0).normal(size=(60, 5)) + 4 * labels[:, None]
+    assert freezing.logistic_regression_accuracy(points[:40], labels[:40], points[40:], labels[40:]) == 1.0
+    assert freezing.logistic_regression_accuracy(points[:40], labels[:40], points[40:], 1 - labels[40:]) == 0.0
+
+
+# --- exercise checkers --------------------------------------------------------------------------
+
+
+def deeper_model():
+    torch.manual_seed(0)
+    return ViTForImageClassification(ViTConfig(**{**tiny_config().to_dict(), "num_hidden_layers": 4}))
+
+
+def test_check_last_two_blocks_accepts_the_solution_and_names_the_mistake(capsys):
+    model = deeper_model()
+    freezing.freeze_first_blocks(model, 2)
+    freezing.check_last_two_blocks(model, freezing.count_parameters(model).percent)
+    assert capsys.readouterr().out.startswith("Correct:")
+    with pytest.raises(AssertionError, match="trainable_percent"):
+        freezing.check_last_two_blocks(model, freezing.count_parameters(model).trainable)
+    freezing.freeze_first_blocks(model, 3)
+    with pytest.raises(AssertionError, match="wrong requires_grad"):
+        freezing.check_last_two_blocks(model, freezing.count_parameters(model).percent)
+
+
+def test_check_llrd_groups_accepts_the_helper_and_names_each_mistake(model, capsys):
+    lr, decay = 1e-3, 0.8
+    freezing.check_llrd_groups(freezing.llrd_param_groups(model, lr, decay), model, lr, decay)
+    assert capsys.readouterr().out.startswith("Correct:")
+    params = list(model.parameters())
+    with pytest.raises(AssertionError, match="should at"):
+        freezing.check_llrd_groups([{"params": params, "lr": lr}], model, lr, decay)
+    with pytest.raises(AssertionError, match="give every trainable parameter"):
+        freezing.check_llrd_groups([{"params": params[1:], "lr": lr}], model, lr, decay)
+    with pytest.raises(AssertionError, match="two groups"):
+        freezing.check_llrd_groups([{"params": params, "lr": lr}, {"params": params[:1], "lr": lr}], model, lr, decay)

@@ -9,15 +9,20 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import ViTConfig, ViTForImageClassification, ViTModel
 
+from helpers.data import ImageSpec, TensorImages
 from helpers.scratch import (
     MLP,
     MultiHeadAttention,
     PatchEmbedding,
     ScratchViT,
     as_pair,
+    accuracy_by_resolution,
     attention,
     attention_flops,
     attention_weights,
+    budget_table,
+    check_attention_head,
+    check_token_arithmetic,
     interpolate_position_embeddings,
     mlp_flops,
     parameter_budget,
@@ -26,7 +31,10 @@ from helpers.scratch import (
     plot_patch_grid,
     plot_token_cost,
     sequence_length,
+    show_code,
+    small_cnn,
     standard_configs,
+    transformers_names,
 )
 
 TINY = dict(image_size=32, patch_size=4, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
@@ -229,14 +237,17 @@ def test_plot_patch_grid_numbers_every_patch():
     plt.close(figure)
 
 
-def test_plot_token_cost_shows_quadratic_attention():
-    figure = plot_token_cost([224, 448], patch_size=16, hidden_size=768)
-    tokens_line = figure.axes[0].lines[0]
-    assert list(tokens_line.get_ydata()) == [197, 785]
-    attention_line, mlp_line = figure.axes[1].lines
-    attention_growth = attention_line.get_ydata()[1] / attention_line.get_ydata()[0]
-    mlp_growth = mlp_line.get_ydata()[1] / mlp_line.get_ydata()[0]
-    assert attention_growth > mlp_growth
+def test_plot_token_cost_shows_quadratic_attention_and_marks_vit_b16():
+    figure = plot_token_cost([224, 400, 448], patch_sizes=(16, 32), hidden_size=768)
+    tokens_ax, cost_ax = figure.axes
+    patch16, patch32 = tokens_ax.lines[:2]
+    assert list(patch16.get_ydata()) == [197, 626, 785]
+    assert list(patch32.get_xdata()) == [224, 448]  # 400 is not a multiple of 32
+    attention_cost, mlp_cost = (line.get_ydata() for line in cost_ax.lines[:2])
+    assert attention_cost[2] / attention_cost[0] > mlp_cost[2] / mlp_cost[0]
+    for ax in (tokens_ax, cost_ax):
+        assert [text.get_text().splitlines()[0] for text in ax.texts] == ["ViT-B/16 @224", "ViT-B/16 @384"]
+    assert tokens_ax.texts[1].get_text().splitlines()[1] == "577"
     plt.close(figure)
 
 
@@ -249,3 +260,106 @@ def test_plot_parameter_budget_stacks_every_part():
             for i in range(len(configs))]
     assert tops == pytest.approx([sum(parameter_budget(c).values()) / 1e6 for c in configs.values()])
     plt.close(figure)
+
+
+def test_transformers_names_cover_every_parameter_of_both_models():
+    config = tiny_config(num_hidden_layers=3)
+    hf_model, model = ViTForImageClassification(config), ScratchViT(config)
+    names = transformers_names(config.num_hidden_layers)
+
+    def covered(module, prefixes):
+        return sorted(name for name, _ in module.named_parameters() if any(
+            name == prefix or name.startswith(prefix + ".") for prefix in prefixes))
+
+    assert covered(hf_model, names.values()) == sorted(name for name, _ in hf_model.named_parameters())
+    assert covered(model, names) == sorted(name for name, _ in model.named_parameters())
+    assert names["blocks.2.attention.query"] == "vit.layers.2.attention.q_proj"
+
+
+def test_budget_table_lists_every_part_total_and_published_size():
+    configs = standard_configs()
+    lines = budget_table(configs).splitlines()
+    assert lines[0].split() == ["part", *configs]
+    assert len(lines) == 1 + len(parameter_budget(configs["ViT-B/16"])) + 2
+    totals = lines[-2].split()[1:]
+    assert totals == [f"{sum(parameter_budget(c).values()) / 1e6:.2f}M" for c in configs.values()]
+    assert lines[-1].split()[1:] == ["5.7M", "22M", "86M", "304M"]
+    small = budget_table({"mine": tiny_config()}).splitlines()
+    assert small[-2].split() == ["total", f"{sum(parameter_budget(tiny_config()).values()) / 1e3:.2f}k"]
+    assert small[-1].split() == ["published", "-"]
+
+
+def labelled_by_model(model, count: int = 12) -> TensorImages:
+    """Random uint8 images labelled with the model's own predictions at its native size."""
+    torch.manual_seed(1)
+    images = torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        labels = model((images.float() / 255 - 0.5) / 0.5).logits.argmax(-1)
+    return TensorImages(images, labels.tolist(), [str(i) for i in range(10)])
+
+
+def test_accuracy_by_resolution_interpolates_position_embeddings():
+    model = random_transformers_vit(tiny_config())
+    dataset = labelled_by_model(model)
+    spec = ImageSpec((32, 32), (0.5,) * 3, (0.5,) * 3)
+    results = accuracy_by_resolution(model, dataset, spec, [32, 48])
+    assert list(results) == [32, 48]
+    assert results[32] == 1.0  # the labels are the model's own answers at its native size
+    resized = torch.nn.functional.interpolate(dataset.images.float(), size=(48, 48), mode="bilinear",
+                                              antialias=True, align_corners=False).round().clamp(0, 255) / 255
+    with torch.no_grad():
+        predictions = model((resized - 0.5) / 0.5, interpolate_pos_encoding=True).logits.argmax(-1)
+    assert results[48] == pytest.approx((predictions == torch.tensor(dataset.labels)).float().mean().item())
+
+
+def test_small_cnn_classifies_any_image_size():
+    model = small_cnn(num_classes=7, width=8)
+    for size in (32, 48):
+        assert model(torch.randn(2, 3, size, size)).shape == (2, 7)
+    assert sum(p.numel() for p in small_cnn(7, width=16).parameters()) > sum(p.numel() for p in model.parameters())
+
+
+def test_show_code_renders_the_source_as_python_block():
+    markdown = show_code(attention, MLP).data
+    assert markdown.startswith("```python\ndef attention(")
+    assert "class MLP(nn.Module):" in markdown and markdown.count("```") == 4
+
+
+CONFIG = dict(image_size=336, patch_size=14, hidden_size=1024)
+
+
+def test_check_token_arithmetic_accepts_the_right_answer(capsys):
+    check_token_arithmetic(577, 8 * 577 * 1024**2 + 4 * 577**2 * 1024, **CONFIG)
+    assert capsys.readouterr().out.startswith("Correct: 577 tokens")
+
+
+@pytest.mark.parametrize("tokens, flops, message", [
+    (576, 0, "CLS token"),
+    (24, 0, "count the patches"),
+    (577, 8 * 576 * 1024**2 + 4 * 576**2 * 1024, "CLS token included"),
+    (577, 4 * 577 * 1024**2 + 2 * 577**2 * 1024, "multiply-add counts as 2"),
+    (577, 4 * 577**2 * 1024, "four projections"),
+    (577, 8 * 577 * 1024**2, "weighted sum of V"),
+    (577, 1e9, "is not the cost of one attention layer"),
+])
+def test_check_token_arithmetic_names_the_mistake(tokens, flops, message):
+    with pytest.raises(AssertionError, match=message):
+        check_token_arithmetic(tokens, flops, **CONFIG)
+
+
+def test_check_attention_head_accepts_correct_heads(capsys):
+    check_attention_head(attention)
+    check_attention_head(F.scaled_dot_product_attention)
+    assert capsys.readouterr().out.count("Correct") == 2
+
+
+@pytest.mark.parametrize("attend, message", [
+    (lambda q, k, v: (q @ k.transpose(-2, -1)).softmax(-1) @ v, "Divide the scores by √d"),
+    (lambda q, k, v: (q @ k.transpose(-2, -1) / 4).softmax(-2) @ v, "softmax over the keys"),
+    (lambda q, k, v: attention_weights(q, k), "should be \\[batch, queries, value dim\\]"),
+    (lambda q, k, v: (q @ k.transpose(-2, -1) / 16).softmax(-1) @ v, "differs from softmax"),
+    (lambda q, k, v: None, "must return a tensor"),
+])
+def test_check_attention_head_names_the_mistake(attend, message):
+    with pytest.raises(AssertionError, match=message):
+        check_attention_head(attend)
