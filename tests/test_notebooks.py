@@ -14,6 +14,12 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 
 EXPECTATIONS = {
     "00_setup": lambda r: r["test_accuracy"] >= r["expected_at_least"],
+    "03_datasets": lambda r: (
+        r["problems_found"] == 9 and r["skipped_files"] == 3 and r["converted_to_rgb"] == 4
+        and r["leaks_after_cleaning"] == 0 and r["leaks_found_in_later_batch"] == 3
+        and r["weighted_sampler_max_over_min"] < 1.5 and r["long_tail_max_over_min"] >= 5
+        and r["transform_matches_processor"]
+    ),
 }
 
 
