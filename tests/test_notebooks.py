@@ -20,6 +20,16 @@ EXPECTATIONS = {
         and r["weighted_sampler_max_over_min"] < 1.5 and r["long_tail_max_over_min"] >= 5
         and r["transform_matches_processor"]
     ),
+    "06_evaluation": lambda r: (
+        r["robustness_clean_accuracy"] == r["test_accuracy"] == r["tta_accuracy_none"]
+        and r["ci_low"] <= r["test_accuracy"] <= r["ci_high"]
+        and r["val_nll_after"] <= r["val_nll_before"] and r["temperature"] > 0
+        and 0 <= r["ece_before"] <= 1 and 0 <= r["ece_after"] <= 1
+        and r["top5_accuracy"] >= r["test_accuracy"] and r["pipeline_top1_agrees"] is True
+        and r["size_on_disk_mb"] > 0
+        and r["samples_needed_1_points"] > r["samples_needed_2_points"] > r["samples_needed_5_points"]
+        and r["mistakes_caught_by_review"] <= r["mistakes"]
+    ),
 }
 
 
