@@ -13,6 +13,10 @@ from helpers import course
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 EXPECTATIONS = {
+    "01_vit_theory": lambda r: (
+        r["scratch_max_difference"] < 1e-5 and r["vit_b16_max_difference"] < 1e-5
+        and abs(r["vit_b16_parameters"] - 86e6) / 86e6 < 0.02 and r["accuracy_native"] == r["finetuned_accuracy"]
+    ),
     "00_setup": lambda r: r["test_accuracy"] >= r["expected_at_least"],
     "03_datasets": lambda r: (
         r["problems_found"] == 9 and r["skipped_files"] == 3 and r["converted_to_rgb"] == 4
