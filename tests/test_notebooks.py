@@ -18,11 +18,21 @@ EXPECTATIONS = {
         and abs(r["vit_b16_parameters"] - 86e6) / 86e6 < 0.02 and r["accuracy_native"] == r["finetuned_accuracy"]
     ),
     "00_setup": lambda r: r["test_accuracy"] >= r["expected_at_least"],
+    "02_freezing": lambda r: (
+        r["linear_probe_trainable_percent"] <= 1
+        and r["lora_merge_same_logits"] is True and r["frozen_tensors_checked"] > 0
+    ),
     "03_datasets": lambda r: (
         r["problems_found"] == 9 and r["skipped_files"] == 3 and r["converted_to_rgb"] == 4
         and r["leaks_after_cleaning"] == 0 and r["leaks_found_in_later_batch"] == 3
         and r["weighted_sampler_max_over_min"] < 1.5 and r["long_tail_max_over_min"] >= 5
         and r["transform_matches_processor"]
+    ),
+    "05_training": lambda r: (
+        r["lr_find_restored"] and r["accumulation_matches"] and r["resume_matches"] and r["ranks_agree"]
+        and abs(r["lr_suggestion"] - r["lr_at_min"] / 10) <= 1e-12
+        and 1 <= r["best_epoch"] <= r["epochs_run_with_patience"]
+        and r["fit_val_accuracy"] == r["adamw_val_accuracy"] and r["images_per_second_at_profile_batch"] > 0
     ),
     "06_evaluation": lambda r: (
         r["robustness_clean_accuracy"] == r["test_accuracy"] == r["tta_accuracy_none"]
