@@ -1,7 +1,7 @@
 """Does fractal pretraining transfer? The bundled tiny ViT against the same ViT from random init, on digits.
 
-Arms: {random init, pretrained} x {full fine-tune, linear probe on pooled or on all patch tokens} x {all training images,
-10 labelled images per class}, each over several seeds (mean ± std), beside logistic
+Arms: {random init, pretrained} x {full fine-tune, linear probe on pooled or on all patch tokens}
+x {all training images, 10 labelled images per class}, each over several seeds (mean ± std), beside logistic
 regression and an RBF SVC on raw pixels. Same splits as the course (`load_dataset("digits")`),
 the `cpu` profile's fine-tune settings, equal budget for both inits.
 
@@ -85,7 +85,8 @@ def run_arms(model_name: str, seeds: int) -> dict[tuple[str, str, str], Result]:
     settings = resolve("cpu")
     results: dict[tuple[str, str, str], Result] = {}
     for seed in range(seeds):
-        train_sets = {"all": splits.train, f"{LABELS_PER_CLASS}/class": labelled_subset(splits.train, LABELS_PER_CLASS, seed)}
+        few_labels = labelled_subset(splits.train, LABELS_PER_CLASS, seed)
+        train_sets = {"all": splits.train, f"{LABELS_PER_CLASS}/class": few_labels}
         for init in ("random init", "pretrained"):
             for budget, train in train_sets.items():
                 torch.manual_seed(seed)

@@ -188,23 +188,22 @@ class FractalRecipe:
         return min(max(1, round(self.holdout * self.instances)), self.instances - 1)
 
 
-def fractal_images(recipe: FractalRecipe, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """The recipe's images, uint8 [categories, instances, size, size], and their IFS [categories, M, 6]."""
+def fractal_images(recipe: FractalRecipe, progress: bool = True) -> np.ndarray:
+    """The recipe's images, uint8 [categories, instances, size, size]."""
     rng = np.random.default_rng(recipe.seed)
     common = dict(n_points=recipe.n_points, image_size=recipe.image_size)
     categories = sample_categories(recipe.categories, rng, fill=recipe.fill, n_maps=recipe.n_maps, **common)
-    images = np.stack([
+    return np.stack([
         render_instances(category, recipe.instances, rng, jitter=recipe.jitter, **common)
         for category in tqdm(categories, desc="rendering fractals", disable=not progress)
     ])
-    return images, stack_categories(categories)
 
 
 def fractal_datasets(recipe: FractalRecipe, progress: bool = True):
     """(train, val) `helpers.data.TensorImages` of RGB fractals; val holds a `holdout` share of each category."""
     from helpers.data import TensorImages
 
-    images, _ = fractal_images(recipe, progress)
+    images = fractal_images(recipe, progress)
     names = [f"fractal-{i:03d}" for i in range(recipe.categories)]
     def split(part: np.ndarray) -> TensorImages:
         flat = torch.from_numpy(part.reshape(-1, 1, recipe.image_size, recipe.image_size))
