@@ -325,7 +325,7 @@ def _image_rows(rows: Mapping[str, Sequence[torch.Tensor]], spec: ImageSpec | No
                 titles: Sequence[Sequence[str]] | None = None) -> Figure:
     """A grid with one row per entry of `rows` (its key as the row label), optionally a title per image."""
     columns = max(len(row) for row in rows.values())
-    fig = Figure(figsize=(1.15 * columns + 0.8, 1.2 * len(rows)), layout="constrained")
+    fig = Figure(figsize=(1.0 * columns + 0.8, 1.05 * len(rows)), layout="constrained")
     axes = fig.subplots(len(rows), columns, squeeze=False)
     for r, (row_axes, (name, row)) in enumerate(zip(axes, rows.items())):
         row_axes[0].set_ylabel(name)

@@ -28,6 +28,10 @@ EXPECTATIONS = {
         and r["weighted_sampler_max_over_min"] < 1.5 and r["long_tail_max_over_min"] >= 5
         and r["transform_matches_processor"]
     ),
+    "04_augmentation": lambda r: (
+        r["distinct_one_call_on_batch"] == 1 and r["distinct_one_call_per_image"] > 1
+        and r["distinct_in_dataloader_batch"] > 1 and r["mixed_targets_sum_to_one"] is True
+    ),
     "05_training": lambda r: (
         r["lr_find_restored"] and r["accumulation_matches"] and r["resume_matches"] and r["ranks_agree"]
         and abs(r["lr_suggestion"] - r["lr_at_min"] / 10) <= 1e-12
