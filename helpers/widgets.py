@@ -28,10 +28,11 @@ def explorer(draw, **controls):
         display(figure)
         plt.close(figure)
 
-    widget = ipywidgets.interactive(show, **controls)
     if is_headless():
-        show(**widget.kwargs)
+        initial = ipywidgets.interactive(lambda **values: None, **controls).kwargs
+        show(**initial)
         print("(static view for the initial controls; open the notebook in JupyterLab to explore)")
         return None
+    widget = ipywidgets.interactive(show, **controls)
     display(widget)
     return widget
