@@ -389,7 +389,7 @@ def test_run_recipe_measures_and_proves_frozen_parameters():
     assert result.trainable_percent == pytest.approx(100 * result.trainable / result.total)
     assert result.frozen_tensors_checked == len(names(result.model)) - 2
     assert result.val_accuracy == result.history.rows[-1]["val_accuracy"]
-    assert result.seconds_per_epoch > 0 and result.activation_mb_per_image > 0
+    assert result.seconds_per_epoch > 0 and result.cpu_seconds_per_epoch > 0 and result.activation_mb_per_image > 0
 
 
 def test_run_recipe_checks_only_what_stays_frozen_when_layers_thaw():
@@ -451,13 +451,14 @@ def test_compare_strategies_and_its_table_and_plot():
     assert results[0].trainable < results[1].trainable == results[1].total
     table = freezing.results_table(results, {"pixels": 0.5})
     assert table.count("\n") == 2 + len(results) and "| pixels | control |" in table and "50.0%" in table
+    assert all(line.count("|") == table.splitlines()[0].count("|") for line in table.splitlines())
     figure = freezing.plot_comparison(results, {"pixels": 0.5})
     assert len(figure.axes) == 2 and len(figure.axes[0].patches) == 4  # 2 strategies x 2 backbones
 
 
 def test_describe_regime_follows_the_numbers():
     def result(strategy, backbone, accuracy):
-        return freezing.RunResult(strategy, backbone, 1, 1, 0.0, 0.0, 0.0, accuracy, 0, freezing.History(), None)
+        return freezing.RunResult(strategy, backbone, 1, 1, 0.0, 0.0, 0.0, 0.0, accuracy, 0, freezing.History(), None)
 
     results = [result("full fine-tune", "pretrained", 0.98), result("full fine-tune", "random init", 0.77)]
     weak = freezing.describe_regime(results, pixel_accuracy=0.96, probe_accuracy=0.90)

@@ -19,7 +19,7 @@ EXPECTATIONS = {
     ),
     "00_setup": lambda r: r["test_accuracy"] >= r["expected_at_least"],
     "02_freezing": lambda r: (
-        r["linear_probe_trainable_percent"] <= 1
+        r["linear_probe_trainable_percent"] <= 1 and r["fast_probe_accuracy_gap"] <= 0.02
         and r["lora_merge_same_logits"] is True and r["frozen_tensors_checked"] > 0
     ),
     "03_datasets": lambda r: (
