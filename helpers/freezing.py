@@ -42,7 +42,7 @@ from transformers import ViTForImageClassification
 
 from helpers.data import make_loader
 from helpers.profiles import Settings
-from helpers.train import History, cross_entropy, fit, is_no_decay, logits_of, seed_everything
+from helpers.train import History, fit, is_no_decay, saved_for_backward_bytes, seed_everything
 
 # Query and value projections of `ViTAttention` in the installed transformers (modeling_vit.py).
 LORA_TARGET_MODULES = ["q_proj", "v_proj"]
@@ -419,28 +419,14 @@ class PeakMemory:
 def activation_mb_per_image(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
     """MB of activations autograd keeps for the backward pass, per image, for one training step.
 
-    Counted exactly with `torch.autograd.graph.saved_tensors_hooks` (each storage once, weights
-    left out) in float32 without autocast. Frozen layers below the lowest trainable one keep none.
+    Counted exactly by `helpers.train.saved_for_backward_bytes` (each storage once, weights left
+    out) in float32 without autocast. Frozen layers below the lowest trainable one keep none.
     """
-    weights = {param.untyped_storage().data_ptr() for param in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in weights:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
     device, was_training = next(model.parameters()).device, model.training
-    images, labels = images.to(device), labels.to(device)
     model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = cross_entropy(logits_of(model, images), labels)
-    if loss.requires_grad:
-        loss.backward()
-    model.zero_grad(set_to_none=True)
+    saved = saved_for_backward_bytes(model, images.to(device), labels.to(device))
     model.train(was_training)
-    return sum(saved.values()) / 2**20 / len(images)
+    return saved / 2**20 / len(images)
 
 
 # --- recipes: a strategy and how it trains ------------------------------------------------------

@@ -837,8 +837,10 @@ class Throughput:
     peak_gpu_mib: float | None  # all GPU memory at its peak (None on a CPU)
 
 
-def saved_for_backward_bytes(model: torch.nn.Module, images: torch.Tensor) -> int:
-    """Bytes of the tensors autograd saves during one forward pass of `images`, parameters left out."""
+def saved_for_backward_bytes(model: torch.nn.Module, images: torch.Tensor,
+                             targets: torch.Tensor | None = None) -> int:
+    """Bytes of the tensors autograd saves during one forward pass of `images` (and the loss, when
+    `targets` are given), each storage counted once, parameters left out."""
     parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
     sizes: dict[int, int] = {}
 
@@ -849,7 +851,9 @@ def saved_for_backward_bytes(model: torch.nn.Module, images: torch.Tensor) -> in
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        logits_of(model, images)
+        logits = logits_of(model, images)
+        if targets is not None:
+            cross_entropy(logits, targets)
     return sum(sizes.values())
 
 
