@@ -59,11 +59,6 @@ def run_bare_loop(splits, settings) -> None:
         assert 0 <= hits <= len(splits.val)
 
 
-def collate_for_trainer(batch):
-    images, labels = zip(*batch)
-    return {"pixel_values": torch.stack(images), "labels": torch.tensor(labels)}
-
-
 def run_trainer(splits, settings) -> None:
     with tempfile.TemporaryDirectory() as output_dir:
         arguments = TrainingArguments(
@@ -75,7 +70,7 @@ def run_trainer(splits, settings) -> None:
             dataloader_num_workers=0, seed=settings.seed,
         )
         Trainer(model=fresh_model(10), args=arguments, train_dataset=splits.train, eval_dataset=splits.val,
-                data_collator=collate_for_trainer).train()
+                data_collator=train.collate_for_trainer).train()
 
 
 def main() -> None:
