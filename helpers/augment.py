@@ -49,7 +49,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torchvision.transforms import v2
@@ -57,6 +56,7 @@ from tqdm.auto import tqdm
 from transformers.utils import logging as transformers_logging
 
 from helpers import evaluate, models, train, widgets
+from helpers.plots import as_displayable
 from helpers.data import ImageSpec, LabeledImages, Splits, eval_transform, make_loader, to_model_input
 from helpers.profiles import Settings
 
@@ -335,20 +335,10 @@ def _image_rows(rows: Mapping[str, Sequence[torch.Tensor]], spec: ImageSpec | No
             if c >= len(row):
                 ax.set_axis_off()
                 continue
-            ax.imshow(_displayable(row[c], spec), interpolation="nearest")
+            ax.imshow(as_displayable(row[c], spec), interpolation="nearest")
             if titles is not None:
                 ax.set_title(titles[r][c], fontsize=7)
     return fig
-
-
-def _displayable(image: torch.Tensor, spec: ImageSpec | None) -> np.ndarray:
-    """[3, H, W] uint8, float in [0, 1], or normalised by `spec` -> [H, W, 3] floats in [0, 1] for imshow."""
-    image = image.detach().cpu()
-    if image.dtype == torch.uint8:
-        image = image.float() / 255
-    elif spec is not None:
-        image = image * torch.tensor(spec.std).view(3, 1, 1) + torch.tensor(spec.mean).view(3, 1, 1)
-    return image.clamp(0, 1).permute(1, 2, 0).numpy()
 
 
 # ---------------------------------------------------------------- preview widget

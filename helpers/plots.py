@@ -6,11 +6,14 @@ import numpy as np
 import torch
 
 
-def as_displayable(image) -> np.ndarray:
-    """An image tensor [3, H, W] (uint8, or float in [0, 1]) as an H x W x 3 array for imshow."""
+def as_displayable(image, spec=None) -> np.ndarray:
+    """An image tensor [3, H, W] (uint8, float in [0, 1], or normalised by `spec`, a `data.ImageSpec`)
+    as an H x W x 3 array in [0, 1] for imshow."""
     image = torch.as_tensor(image).detach().cpu()
     if image.dtype == torch.uint8:
         image = image.float() / 255
+    elif spec is not None:
+        image = image * torch.tensor(spec.std).view(3, 1, 1) + torch.tensor(spec.mean).view(3, 1, 1)
     return image.clamp(0, 1).permute(1, 2, 0).numpy()
 
 
