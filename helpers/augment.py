@@ -45,15 +45,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from matplotlib.figure import Figure
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
-from transformers.utils import logging as transformers_logging
 
 from helpers import evaluate, models, train, widgets
 from helpers.plots import as_displayable
@@ -479,8 +477,7 @@ def run_ablation(splits: Splits, settings: Settings, presets: Sequence[str] = AB
     for preset in bar:
         bar.set_postfix_str(preset)
         train.seed_everything(settings.seed)
-        with _quiet_loading():
-            model, processor = models.load_model(settings.model_name, splits.classes, random_init=random_init)
+        model, processor = models.load_model(settings.model_name, splits.classes, random_init=random_init)
         aug = build(preset, ImageSpec.from_processor(processor), magnitude, num_classes=len(splits.classes))
         run = splits.with_transforms(aug.train_transform, aug.eval_transform)
         histories[preset] = train.fit(model, run.train, run.val, settings, batch_transform=aug.batch_transform,
@@ -488,17 +485,3 @@ def run_ablation(splits: Splits, settings: Settings, presets: Sequence[str] = AB
         predictions = evaluate.predict(model, run.test, batch_size=settings.batch_size, progress=False)
         test_accuracy[preset] = evaluate.accuracy(predictions.preds, predictions.labels)
     return AblationResult(magnitude, histories, test_accuracy)
-
-
-@contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """Silence transformers' load report and progress bar, which would repeat for every run of an ablation."""
-    verbosity, bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        transformers_logging.set_verbosity(verbosity)
-        if bars:
-            transformers_logging.enable_progress_bar()

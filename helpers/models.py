@@ -7,10 +7,12 @@ labels differs from the checkpoint's. Offline and not cached: one clear sentence
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, ViTConfig
+from transformers.utils import logging as transformers_logging
 
 from helpers.profiles import is_online
 
@@ -49,6 +51,20 @@ class LoadReport:
         return "\n".join(lines)
 
 
+@contextmanager
+def quiet_transformers():
+    """Silence transformers' own load report and progress bar for the block: `LoadReport` says what matters."""
+    verbosity, bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if bars:
+            transformers_logging.enable_progress_bar()
+
+
 def resolve_source(name: str) -> tuple[str, bool]:
     """(what to pass to from_pretrained, whether it is on this disk) for a short name, folder or hub id."""
     if name in BUNDLED_MODELS:
@@ -72,23 +88,24 @@ def load_model_with_report(name: str, labels, *, random_init: bool = False, attn
     hub_kwargs = {} if local else {"local_files_only": not is_online()}
     attn_kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
-        processor = AutoImageProcessor.from_pretrained(source, **hub_kwargs)
-        if random_init:
-            config = AutoConfig.from_pretrained(source, **label_kwargs, **hub_kwargs)
-            model = AutoModelForImageClassification.from_config(config, **attn_kwargs)
-            report = LoadReport(f"{name} (config only, random init)", ["all weights"], [], [])
-        else:
-            model, info = AutoModelForImageClassification.from_pretrained(
-                source, **label_kwargs, **hub_kwargs, **attn_kwargs,
-                ignore_mismatched_sizes=True, output_loading_info=True,
-            )
-            report = LoadReport(
-                name,
-                new=sorted(info.get("missing_keys", [])),
-                resized=sorted(str(key[0]) if isinstance(key, tuple) else str(key)
-                               for key in info.get("mismatched_keys", [])),
-                unused=sorted(info.get("unexpected_keys", [])),
-            )
+        with quiet_transformers():
+            processor = AutoImageProcessor.from_pretrained(source, **hub_kwargs)
+            if random_init:
+                config = AutoConfig.from_pretrained(source, **label_kwargs, **hub_kwargs)
+                model = AutoModelForImageClassification.from_config(config, **attn_kwargs)
+                report = LoadReport(f"{name} (config only, random init)", ["all weights"], [], [])
+            else:
+                model, info = AutoModelForImageClassification.from_pretrained(
+                    source, **label_kwargs, **hub_kwargs, **attn_kwargs,
+                    ignore_mismatched_sizes=True, output_loading_info=True,
+                )
+                report = LoadReport(
+                    name,
+                    new=sorted(info.get("missing_keys", [])),
+                    resized=sorted(str(key[0]) if isinstance(key, tuple) else str(key)
+                                   for key in info.get("mismatched_keys", [])),
+                    unused=sorted(info.get("unexpected_keys", [])),
+                )
     except OSError as error:
         if local:
             raise ModelUnavailable(f"{source} is not a model folder ({error}): point to a folder made by "

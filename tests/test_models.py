@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 import torch
 
@@ -56,3 +58,19 @@ def test_tiny_config_is_the_documented_shape():
     config = models.tiny_vit_config(7)
     assert (config.image_size, config.patch_size, config.hidden_size, config.num_hidden_layers,
             config.num_attention_heads, config.num_labels) == (32, 4, 64, 4, 4, 7)
+
+
+def test_loading_prints_no_transformers_report_and_restores_logging(tiny_model_dir):
+    from transformers.utils import logging as transformers_logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    transformers_logging.add_handler(handler)
+    before = transformers_logging.get_verbosity()
+    try:
+        models.load_model(str(tiny_model_dir), ["a", "b"])  # a new head: transformers would report it
+    finally:
+        transformers_logging.remove_handler(handler)
+    assert not [r for r in records if "LOAD REPORT" in r.getMessage()]
+    assert transformers_logging.get_verbosity() == before
