@@ -42,7 +42,9 @@ from transformers import ViTForImageClassification
 
 from helpers.data import make_loader
 from helpers.profiles import Settings
-from helpers.train import History, fit, is_no_decay, saved_for_backward_bytes, seed_everything
+from helpers.train import (
+    History, default_device, fit, is_no_decay, saved_for_backward_bytes, seed_everything,
+)
 
 # Query and value projections of `ViTAttention` in the installed transformers (modeling_vit.py).
 LORA_TARGET_MODULES = ["q_proj", "v_proj"]
@@ -530,11 +532,6 @@ class RunResult:
         return 100.0 * self.trainable / self.total
 
 
-def _device() -> torch.device:
-    """Where `fit` trains: the GPU when CUDA is here, else the CPU (as `helpers.train.make_accelerator`)."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def run_recipe(
     recipe: Recipe, load: Callable[[], nn.Module], train_set, val_set, settings: Settings,
     backbone: str = "pretrained", progress: bool = True,
@@ -547,7 +544,7 @@ def run_recipe(
     Validation accuracy is the last epoch's.
     """
     seed_everything(settings.seed)
-    model = recipe.prepare(load()).to(_device())
+    model = recipe.prepare(load()).to(default_device())
     frozen = snapshot(model)
     cpu_started = time.process_time()
     with PeakMemory() as memory:
@@ -707,7 +704,7 @@ def fast_linear_probe(model: ViTForImageClassification, train_set, val_set, sett
     backbone every epoch. `overrides` go to `fit` (e.g. `lr=...`). The model's own head is trained;
     `progress` shows the feature pass (head epochs take a blink).
     """
-    linear_probe(model.to(_device()))
+    linear_probe(model.to(default_device()))
     started = time.perf_counter()
     train_features = cache_features(model, train_set, progress=progress)
     val_features = cache_features(model, val_set, progress=progress)
