@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import ViTConfig, ViTForImageClassification
 
-from helpers import data, freezing, profiles
+from helpers import data, freezing, profiles, train
 from helpers.train import is_no_decay
 
 DEPTH = 2
@@ -344,7 +344,7 @@ def test_plot_trainable_map_draws_one_row_per_strategy(model):
 
 def test_peak_memory_sees_a_large_allocation():
     with freezing.PeakMemory() as memory:
-        block = torch.ones(2**24)  # 64 MB, every page touched
+        block = torch.ones(2**24, device=train.default_device())  # 64 MB, every page touched
         del block
     assert memory.mb > 40
     assert "RSS" in memory.method or "CUDA" in memory.method
