@@ -3,9 +3,9 @@
 Arms: {random init, pretrained} x {full fine-tune, linear probe on pooled or on all patch tokens}
 x {all training images, 10 labelled images per class}, each over several seeds (mean ± std), beside logistic
 regression and an RBF SVC on raw pixels. Same splits as the course (`load_dataset("digits")`),
-the `cpu` profile's fine-tune settings, equal budget for both inits.
+the `cpu` profile's fine-tune settings (or `--epochs`/`--lr`), equal budget for both inits.
 
-    python bench/transfer.py [--seeds 3] [--model tiny-vit] [--threads N]
+    python bench/transfer.py [--seeds 3] [--model tiny-vit] [--threads N] [--epochs 20 --lr 2e-3]
 """
 from __future__ import annotations
 
@@ -79,10 +79,11 @@ def logistic_regression():
     return make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=3000))
 
 
-def run_arms(model_name: str, seeds: int) -> dict[tuple[str, str, str], Result]:
-    """Fine-tune and linear-probe arms, for both inits and both label budgets."""
+def run_arms(model_name: str, seeds: int, **fine_tune) -> dict[tuple[str, str, str], Result]:
+    """Fine-tune and linear-probe arms, for both inits and both label budgets. `fine_tune` overrides the
+    `cpu` profile's fine-tune settings (e.g. epochs=20, lr=2e-3); the 10/class arm keeps its own epochs and batch."""
     splits = load_dataset("digits", seed=0)
-    settings = resolve("cpu")
+    settings = resolve("cpu", **fine_tune)
     results: dict[tuple[str, str, str], Result] = {}
     for seed in range(seeds):
         few_labels = labelled_subset(splits.train, LABELS_PER_CLASS, seed)
@@ -136,14 +137,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--model", default="tiny-vit", help="the pretrained model to test (name or folder)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--epochs", type=int, default=None, help="fine-tune epochs (default: the cpu profile's)")
+    parser.add_argument("--lr", type=float, default=None, help="fine-tune learning rate (default: the cpu profile's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    results = run_arms(args.model, args.seeds)
+    results = run_arms(args.model, args.seeds, epochs=args.epochs, lr=args.lr)
+    settings = resolve("cpu", epochs=args.epochs, lr=args.lr)
     print()
     print(f"Test accuracy on digits (mean ± std over {args.seeds} seeds; seconds: fine-tune wall time), "
-          f"{torch.get_num_threads()} torch threads")
+          f"{torch.get_num_threads()} torch threads; fine-tune {settings.epochs} epochs at lr {settings.lr:g}")
     print(table(results))
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 
