@@ -22,7 +22,7 @@ from sklearn.svm import SVC
 
 from helpers.data import ImageSpec, load_dataset, make_loader, to_model_input
 from helpers.models import load_model
-from helpers.profiles import resolve
+from helpers.profiles import Settings, resolve
 from helpers.train import fit
 
 LABELS_PER_CLASS = 10
@@ -54,19 +54,23 @@ PROBES = ("probe: pooled", "probe: tokens")
 
 
 @torch.inference_mode()
-def predict(model, dataset, what: str = "logits") -> np.ndarray:
-    """Logits of `model`, or frozen last-layer features: `pooled` (CLS token ⊕ mean patch token,
-    2 x width) or `tokens` (every patch token, in place: keeps where each stroke is)."""
+def logits(model, dataset) -> np.ndarray:
+    """The logits of `model` for every image of `dataset`."""
     model.eval()
-    outputs = []
+    return torch.cat([model(images).logits for images, _ in make_loader(dataset, 256)]).numpy()
+
+
+@torch.inference_mode()
+def frozen_features(model, dataset) -> dict[str, np.ndarray]:
+    """Last-layer features of every image, from one pass: `pooled` (CLS token ⊕ mean patch token, 2 x width)
+    and `tokens` (every patch token, in place: keeps where each stroke is)."""
+    model.eval()
+    pooled, tokens = [], []
     for images, _ in make_loader(dataset, 256):
-        if what == "logits":
-            outputs.append(model(images).logits)
-            continue
-        tokens = model.vit(images).last_hidden_state
-        pooled = torch.cat([tokens[:, 0], tokens[:, 1:].mean(1)], dim=-1)
-        outputs.append(pooled if what == "pooled" else tokens[:, 1:].flatten(1))
-    return torch.cat(outputs).numpy()
+        hidden = model.vit(images).last_hidden_state
+        pooled.append(torch.cat([hidden[:, 0], hidden[:, 1:].mean(1)], dim=-1))
+        tokens.append(hidden[:, 1:].flatten(1))
+    return {"pooled": torch.cat(pooled).numpy(), "tokens": torch.cat(tokens).numpy()}
 
 
 def pixels(dataset) -> np.ndarray:
@@ -79,11 +83,11 @@ def logistic_regression():
     return make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=3000))
 
 
-def run_arms(model_name: str, seeds: int, **fine_tune) -> dict[tuple[str, str, str], Result]:
-    """Fine-tune and linear-probe arms, for both inits and both label budgets. `fine_tune` overrides the
-    `cpu` profile's fine-tune settings (e.g. epochs=20, lr=2e-3); the 10/class arm keeps its own epochs and batch."""
+def run_arms(model_name: str, seeds: int, settings: Settings) -> dict[tuple[str, str, str], Result]:
+    """Fine-tune and linear-probe arms, for both inits and both label budgets, fine-tuning with `settings`
+    (the 10/class arm with its own epochs and batch)."""
     splits = load_dataset("digits", seed=0)
-    settings = resolve("cpu", **fine_tune)
+    test_labels, test_pixels = np.array(splits.test.labels), pixels(splits.test)
     results: dict[tuple[str, str, str], Result] = {}
     for seed in range(seeds):
         few_labels = labelled_subset(splits.train, LABELS_PER_CLASS, seed)
@@ -94,28 +98,28 @@ def run_arms(model_name: str, seeds: int, **fine_tune) -> dict[tuple[str, str, s
                 model, processor = load_model(model_name, splits.classes, random_init=init == "random init")
                 transform = to_model_input(ImageSpec.from_processor(processor))
                 train_t, val_t, test_t = (d.with_transform(transform) for d in (train, splits.val, splits.test))
-                test_labels = np.array(splits.test.labels)
 
+                train_features, test_features = frozen_features(model, train_t), frozen_features(model, test_t)
                 probes = {}
                 for probe in PROBES:
                     features = probe.split()[-1]
-                    classifier = logistic_regression().fit(predict(model, train_t, features), train.labels)
-                    probes[probe] = classifier.score(predict(model, test_t, features), test_labels)
+                    classifier = logistic_regression().fit(train_features[features], train.labels)
+                    probes[probe] = classifier.score(test_features[features], test_labels)
                     results.setdefault((init, probe, budget), Result()).accuracies.append(probes[probe])
 
                 overrides = {} if budget == "all" else dict(epochs=FEW_SHOT_EPOCHS, batch_size=FEW_SHOT_BATCH)
                 history = fit(model, train_t, val_t, settings, seed=seed, progress=False, **overrides)
-                accuracy = float((predict(model, test_t).argmax(1) == test_labels).mean())
+                accuracy = float((logits(model, test_t).argmax(1) == test_labels).mean())
                 arm = results.setdefault((init, "full fine-tune", budget), Result())
                 arm.accuracies.append(accuracy)
                 arm.seconds.append(sum(history.column("seconds")))
                 print(f"seed {seed} {init:>11} {budget:>8}: fine-tune {accuracy:.2%}, "
                       + ", ".join(f"{probe} {value:.2%}" for probe, value in probes.items()), flush=True)
         for budget, train in train_sets.items():
-            test = splits.test
+            train_pixels = pixels(train)
             for name, classifier in (("logistic regression", logistic_regression()), ("RBF SVC", SVC())):
-                classifier.fit(pixels(train), train.labels)
-                accuracy = classifier.score(pixels(test), test.labels)
+                classifier.fit(train_pixels, train.labels)
+                accuracy = classifier.score(test_pixels, test_labels)
                 results.setdefault(("raw pixels", name, budget), Result()).accuracies.append(accuracy)
     return results
 
@@ -143,11 +147,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    results = run_arms(args.model, args.seeds, epochs=args.epochs, lr=args.lr)
     settings = resolve("cpu", epochs=args.epochs, lr=args.lr)
+    results = run_arms(args.model, args.seeds, settings)
     print()
     print(f"Test accuracy on digits (mean ± std over {args.seeds} seeds; seconds: fine-tune wall time), "
-          f"{torch.get_num_threads()} torch threads; fine-tune {settings.epochs} epochs at lr {settings.lr:g}")
+          f"{torch.get_num_threads()} torch threads; fine-tune on all images: {settings.epochs} epochs at lr {settings.lr:g}")
     print(table(results))
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 

@@ -1,5 +1,8 @@
 """Shared fixtures: tiny models and data the tests make themselves (no network)."""
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,3 +21,18 @@ def tiny_model_dir(tmp_path):
     ViTForImageClassification(models.tiny_vit_config(10)).save_pretrained(folder)
     ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(folder)
     return folder
+
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.fixture
+def load_bench():
+    """`load_bench("transfer")` imports bench/transfer.py as a module (the bench folder is not a package)."""
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        return module
+    return load

@@ -1,5 +1,4 @@
 """bench/gpu_throughput.py: its --tiny mode runs the GPU benchmark's code path on a CPU."""
-import importlib.util
 import os
 import re
 import subprocess
@@ -22,10 +21,8 @@ def test_tiny_mode_times_the_eager_and_the_compiled_step():
     assert "GFLOP per training image" in result.stdout
 
 
-def test_without_a_gpu_the_full_run_says_to_use_tiny(monkeypatch):
-    spec = importlib.util.spec_from_file_location("gpu_throughput", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_without_a_gpu_the_full_run_says_to_use_tiny(monkeypatch, load_bench):
+    bench = load_bench("gpu_throughput")
     monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="--tiny"):
         bench.main([])

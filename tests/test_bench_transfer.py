@@ -1,20 +1,11 @@
 """bench/transfer.py: its few-label subsets and the table it prints."""
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 
 from helpers import data
 
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "transfer.py"
-spec = importlib.util.spec_from_file_location("transfer", SCRIPT)
-transfer = importlib.util.module_from_spec(spec)
-sys.modules["transfer"] = transfer  # dataclasses look their module up there
-spec.loader.exec_module(transfer)
 
-
-def test_labelled_subset_takes_as_many_images_of_every_class_and_depends_on_the_seed():
+def test_labelled_subset_takes_as_many_images_of_every_class_and_depends_on_the_seed(load_bench):
+    transfer = load_bench("transfer")
     train = data.load_dataset("digits", seed=0).train
     picks = transfer.labelled_subset(train, 10, seed=0)
     assert np.bincount(picks.labels).tolist() == [10] * 10
@@ -23,7 +14,8 @@ def test_labelled_subset_takes_as_many_images_of_every_class_and_depends_on_the_
     assert [picks.image(i).sum() for i in range(10)] != [other.image(i).sum() for i in range(10)]
 
 
-def test_table_has_one_row_per_arm_and_one_column_per_label_budget():
+def test_table_has_one_row_per_arm_and_one_column_per_label_budget(load_bench):
+    transfer = load_bench("transfer")
     results = {
         ("pretrained", "full fine-tune", "all"): transfer.Result([0.97, 0.98], [30.0, 32.0]),
         ("pretrained", "full fine-tune", "10/class"): transfer.Result([0.90], [20.0]),
