@@ -735,23 +735,23 @@ def resize_cost(dataset: LabeledImages, spec: ImageSpec, sides, patch_sizes=(16,
     native_side = images[0].shape[-1]
     threads = torch.get_num_threads()
     rows = []
-    for side in sides:
-        transform = eval_transform(replace(spec, size=(side, side)))
-        torch.set_num_threads(1)
-        try:
+    torch.set_num_threads(1)
+    try:
+        for side in sides:
+            transform = eval_transform(replace(spec, size=(side, side)))
             started = time.perf_counter()
             for image in images:
                 transform(image)
             seconds = time.perf_counter() - started
-        finally:
-            torch.set_num_threads(threads)
-        row = {
-            "side (px)": side, "pixels vs native": (side / native_side) ** 2,
-            "KiB per image (float32)": 3 * side * side * 4 / 1024,
-            "ms per image (resize + normalise)": 1000 * seconds / len(images),
-        }
-        row.update({f"tokens at patch {p} (+ CLS)": (side // p) ** 2 + 1 for p in patch_sizes})
-        rows.append(row)
+            row = {
+                "side (px)": side, "pixels vs native": (side / native_side) ** 2,
+                "KiB per image (float32)": 3 * side * side * 4 / 1024,
+                "ms per image (resize + normalise)": 1000 * seconds / len(images),
+            }
+            row.update({f"tokens at patch {p} (+ CLS)": (side // p) ** 2 + 1 for p in patch_sizes})
+            rows.append(row)
+    finally:
+        torch.set_num_threads(threads)
     return rows
 
 
@@ -759,11 +759,12 @@ def plot_before_after(image: torch.Tensor, processed: torch.Tensor, spec: ImageS
     """A raw uint8 image, the same image as the model receives it (shown un-normalised), and both value ranges."""
     import matplotlib.pyplot as plt
 
+    from helpers.plots import as_displayable
+
     fig, (ax_raw, ax_processed, ax_hist) = plt.subplots(1, 3, figsize=(9, 2.8), layout="constrained")
-    mean, std = (torch.tensor(v).view(3, 1, 1) for v in (spec.mean, spec.std))
     ax_raw.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
     ax_raw.set_title(f"before: {image.shape[1]}x{image.shape[2]} uint8", fontsize=9)
-    ax_processed.imshow((processed * std + mean).clamp(0, 1).permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax_processed.imshow(as_displayable(processed, spec), interpolation="nearest")
     ax_processed.set_title(f"after: {processed.shape[1]}x{processed.shape[2]} float32", fontsize=9)
     for ax in (ax_raw, ax_processed):
         ax.axis("off")

@@ -9,6 +9,7 @@ budget of the standard ViT sizes) with its figures, the lesson's experiments (ac
 a small CNN baseline) and the checkers of its exercises.
 """
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from functools import partial
@@ -460,13 +461,13 @@ def accuracy_by_resolution(model: nn.Module, dataset, spec, sizes: Sequence[int]
     `spec` (a `helpers.data.ImageSpec`) gives the normalisation; sizes other than the model's own run with
     interpolated position embeddings.
     """
-    from helpers.data import ImageSpec, eval_transform
+    from helpers.data import eval_transform
     from helpers.evaluate import accuracy, predict
 
     wrapped = InterpolatedPositions(model)
     results = {}
     for size in sizes:
-        resized = dataset.with_transform(eval_transform(ImageSpec((size, size), spec.mean, spec.std)))
+        resized = dataset.with_transform(eval_transform(dataclasses.replace(spec, size=(size, size))))
         predictions = predict(wrapped, resized, batch_size=batch_size, progress=progress)
         results[size] = accuracy(predictions.preds, predictions.labels)
     return results
