@@ -52,7 +52,7 @@ def problem(tiny: bool):
         config = models.tiny_vit_config(10)
         images = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
         settings = profiles.resolve("smoke")
-        return config, images, settings, train.training_flops_per_image(config), "aot_eager"
+        return config, images, settings, models.training_flops_per_image(config), "aot_eager"
     if not torch.cuda.is_available():
         sys.exit("No CUDA GPU here: run with --tiny for the CPU-sized check.")
     torch.set_float32_matmul_precision("high")  # TF32 for the few matmuls autocast leaves in float32

@@ -17,6 +17,7 @@ import torch
 from transformers import Trainer, TrainingArguments, ViTForImageClassification
 
 from helpers import data, models, profiles, train
+from helpers.lessons import l05_training as l05
 
 
 def make_data(val_size: int):
@@ -70,7 +71,7 @@ def run_trainer(splits, settings) -> None:
             dataloader_num_workers=0, seed=settings.seed,
         )
         Trainer(model=fresh_model(10), args=arguments, train_dataset=splits.train, eval_dataset=splits.val,
-                data_collator=train.collate_for_trainer).train()
+                data_collator=l05.collate_for_trainer).train()
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
-"""Which parameters train: freezing strategies, layer-wise LR decay, gradual unfreezing, LoRA,
-and what each costs when trained (the lesson's comparison runner and the fast linear probe).
+"""Which parameters train (lesson 02): freezing strategies, layer-wise lr decay, gradual unfreezing, LoRA,
+and the cached-feature linear probe.
 
 Everything here works on a transformers `ViTForImageClassification`. Its parameters fall into
 "layers" counted from the input (see `layer_id`):
@@ -9,57 +9,46 @@ Everything here works on a transformers `ViTForImageClassification`. Its paramet
     depth + 1    head (final layernorm and classifier)
 
 A strategy sets `requires_grad` on every parameter and returns the names of the trainable ones.
-A `Recipe` is a strategy plus how it trains (learning rate, LLRD groups, unfreezing stages);
-`run_recipe` trains one on a fresh model and measures it (`RunResult`).
 """
-
 from __future__ import annotations
 
-import ctypes
-import math
-import os
 import re
-import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
 
-import numpy as np
 import torch
-from matplotlib.figure import Figure
 from peft import LoraConfig, PeftModel, get_peft_model
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 from transformers import ViTForImageClassification
 
-from helpers.data import make_loader
+from helpers._moved import forwarder
+from helpers.data.loaders import make_loader
 from helpers.profiles import Settings
-from helpers.train import (
-    History, default_device, fit, is_no_decay, saved_for_backward_bytes, seed_everything,
-)
+from helpers.train.device_images import default_device
+from helpers.train.history import History
+from helpers.train.loop import fit
+from helpers.train.optim import is_no_decay
 
 # Query and value projections of `ViTAttention` in the installed transformers (modeling_vit.py).
 LORA_TARGET_MODULES = ["q_proj", "v_proj"]
+
+
 DEFAULT_LR_DECAY = 0.75
 
+
 _BLOCK = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
 _EMBEDDINGS = re.compile(r"(?:^|\.)embeddings\.")
-
-
-# --- counting -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class ParameterCount:
-    """How many parameters a model has and how many of them train."""
+    """How many parameters a model has and how many of them train (lesson 02)."""
 
     trainable: int
     total: int
@@ -73,7 +62,7 @@ class ParameterCount:
 
 
 def count_parameters(model: nn.Module) -> ParameterCount:
-    """Count trainable and total parameters (each shared tensor once)."""
+    """Count trainable and total parameters (each shared tensor once) (lesson 02)."""
     params = list(model.parameters())
     return ParameterCount(
         trainable=sum(p.numel() for p in params if p.requires_grad),
@@ -82,20 +71,17 @@ def count_parameters(model: nn.Module) -> ParameterCount:
 
 
 def trainable_names(model: nn.Module) -> list[str]:
-    """Names of the parameters with `requires_grad`, in model order."""
+    """Names of the parameters with `requires_grad`, in model order (lesson 02)."""
     return [name for name, param in model.named_parameters() if param.requires_grad]
 
 
-# --- layers -------------------------------------------------------------------------------------
-
-
 def depth_of(model: nn.Module) -> int:
-    """Number of encoder blocks."""
+    """Number of encoder blocks (lesson 02)."""
     return model.config.num_hidden_layers
 
 
 def layer_id(name: str, depth: int) -> int:
-    """Layer of a parameter: 0 for embeddings, i + 1 for encoder block i, depth + 1 for the head."""
+    """Layer of a parameter: 0 for embeddings, i + 1 for encoder block i, depth + 1 for the head (lesson 02)."""
     if block := _BLOCK.search(name):
         return int(block.group(1)) + 1
     if _EMBEDDINGS.search(name):
@@ -104,15 +90,12 @@ def layer_id(name: str, depth: int) -> int:
 
 
 def layer_name(layer: int, depth: int) -> str:
-    """Readable name of a `layer_id`: "embeddings", "block 3" or "head"."""
+    """Readable name of a `layer_id`: "embeddings", "block 3" or "head" (lesson 02)."""
     if layer == 0:
         return "embeddings"
     if layer == depth + 1:
         return "head"
     return f"block {layer - 1}"
-
-
-# --- strategies ---------------------------------------------------------------------------------
 
 
 def _train_only(model: nn.Module, trains: Callable[[str], bool]) -> list[str]:
@@ -122,12 +105,12 @@ def _train_only(model: nn.Module, trains: Callable[[str], bool]) -> list[str]:
 
 
 def linear_probe(model: nn.Module) -> list[str]:
-    """Train the classifier only; the backbone is a frozen feature extractor."""
+    """Train the classifier only; the backbone is a frozen feature extractor (lesson 02)."""
     return _train_only(model, lambda name: name.startswith("classifier."))
 
 
 def freeze_first_blocks(model: nn.Module, k: int) -> list[str]:
-    """Freeze the embeddings and the first `k` encoder blocks; train the rest (0 <= k <= depth)."""
+    """Freeze the embeddings and the first `k` encoder blocks; train the rest (0 <= k <= depth) (lesson 02)."""
     depth = depth_of(model)
     if not 0 <= k <= depth:
         raise ValueError(
@@ -137,7 +120,7 @@ def freeze_first_blocks(model: nn.Module, k: int) -> list[str]:
 
 
 def bitfit(model: nn.Module) -> list[str]:
-    """Train the biases, the LayerNorm parameters and the classifier (BitFit)."""
+    """Train the biases, the LayerNorm parameters and the classifier (BitFit) (lesson 02)."""
     layernorm_params = {
         f"{module_name}.{param_name}"
         for module_name, module in model.named_modules()
@@ -151,7 +134,7 @@ def bitfit(model: nn.Module) -> list[str]:
 
 
 def full_finetune(model: nn.Module) -> list[str]:
-    """Train every parameter."""
+    """Train every parameter (lesson 02)."""
     return _train_only(model, lambda name: True)
 
 
@@ -164,19 +147,16 @@ STRATEGIES: dict[str, Callable[..., list[str]]] = {
 
 
 def apply_strategy(model: nn.Module, name: str, **kwargs) -> list[str]:
-    """Apply the strategy `name` from `STRATEGIES` (extra keywords go to it); return the trainable names."""
+    """Apply the strategy `name` from `STRATEGIES` (extra keywords go to it); return the trainable names (lesson 02)."""
     if name not in STRATEGIES:
         raise ValueError(f"Unknown freezing strategy {name!r}: choose one of {', '.join(STRATEGIES)}.")
     return STRATEGIES[name](model, **kwargs)
 
 
-# --- layer-wise learning-rate decay -------------------------------------------------------------
-
-
 def llrd_param_groups(
     model: nn.Module, lr: float, decay: float = DEFAULT_LR_DECAY, weight_decay: float = 0.05
 ) -> list[dict]:
-    """Optimizer groups with layer-wise LR decay, for the parameters that train.
+    """Optimizer groups with layer-wise LR decay, for the parameters that train (lesson 02).
 
     The head trains at `lr`, encoder block i at `lr * decay ** (depth - i)` and the embeddings at
     `lr * decay ** (depth + 1)`. Each layer is split in two groups: weight decay `weight_decay`, and
@@ -209,12 +189,9 @@ def llrd_param_groups(
     return [groups[key] for key in sorted(groups, key=lambda key: (-key[0], key[1]))]
 
 
-# --- gradual unfreezing -------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class UnfreezeStage:
-    """One stage of gradual unfreezing: layers `lowest_layer` .. head train, the rest is frozen."""
+    """One stage of gradual unfreezing: layers `lowest_layer` .. head train, the rest is frozen (lesson 02)."""
 
     number: int
     lowest_layer: int
@@ -236,7 +213,7 @@ class UnfreezeStage:
 def gradual_unfreezing_stages(
     model: nn.Module, n_stages: int, lr: float, lr_decay: float = DEFAULT_LR_DECAY, weight_decay: float = 0.05
 ) -> list[UnfreezeStage]:
-    """Stages that unfreeze the model from the top (fastai style): head only first, everything last.
+    """Stages that unfreeze the model from the top (fastai style): head only first, everything last (lesson 02).
 
     The layers below the head are handed out as evenly as the stage count allows. Run each stage
     with a fresh optimizer, for example one epoch each:
@@ -265,11 +242,8 @@ def gradual_unfreezing_stages(
     ]
 
 
-# --- LoRA ---------------------------------------------------------------------------------------
-
-
 def add_lora(model: ViTForImageClassification, r: int = 8, alpha: int = 16, dropout: float = 0.0) -> PeftModel:
-    """Wrap `model` with LoRA adapters on the attention query and value projections.
+    """Wrap `model` with LoRA adapters on the attention query and value projections (lesson 02).
 
     Only the adapters and a trainable copy of the classifier train. The wrapped model is changed in place.
     """
@@ -286,15 +260,12 @@ def add_lora(model: ViTForImageClassification, r: int = 8, alpha: int = 16, drop
 
 
 def merge_lora(peft_model: PeftModel) -> ViTForImageClassification:
-    """Fold the LoRA updates into the weights and return a plain model (saves with `save_pretrained`)."""
+    """Fold the LoRA updates into the weights and return a plain model (saves with `save_pretrained`) (lesson 02)."""
     return peft_model.merge_and_unload()
 
 
-# --- proof that frozen means frozen -------------------------------------------------------------
-
-
 def snapshot(model: nn.Module, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
-    """Copy the named parameters (default: the frozen ones) to compare after training."""
+    """Copy the named parameters (default: the frozen ones) to compare after training (lesson 02)."""
     params = dict(model.named_parameters())
     names = [name for name, param in params.items() if not param.requires_grad] if names is None else list(names)
     if unknown := [name for name in names if name not in params]:
@@ -303,24 +274,21 @@ def snapshot(model: nn.Module, names: Iterable[str] | None = None) -> dict[str, 
 
 
 def assert_unchanged(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
-    """Raise AssertionError naming every parameter that is not bit-identical to the snapshot."""
+    """Raise AssertionError naming every parameter that is not bit-identical to the snapshot (lesson 02)."""
     params = dict(model.named_parameters())
     changed = [name for name, value in saved.items() if not torch.equal(params[name].detach().cpu(), value.cpu())]
     assert not changed, f"{len(changed)} parameters changed since the snapshot: {changed}"
 
 
 def optimizer_covers_only_trainable(optimizer: torch.optim.Optimizer, model: nn.Module) -> bool:
-    """True when the optimizer holds exactly the model's trainable parameters: all of them, no frozen one."""
+    """True when the optimizer holds exactly the model's trainable parameters: all of them, no frozen one (lesson 02)."""
     in_optimizer = {id(param) for group in optimizer.param_groups for param in group["params"]}
     trainable = {id(param) for param in model.parameters() if param.requires_grad}
     return in_optimizer == trainable
 
 
-# --- what trains, layer by layer ----------------------------------------------------------------
-
-
 def parameters_by_layer(model: nn.Module) -> dict[str, ParameterCount]:
-    """Trainable and total parameters of each layer, from "embeddings" through "block i" to "head"."""
+    """Trainable and total parameters of each layer, from "embeddings" through "block i" to "head" (lesson 02)."""
     depth = depth_of(model)
     trainable, total = [0] * (depth + 2), [0] * (depth + 2)
     for name, param in model.named_parameters():
@@ -331,330 +299,12 @@ def parameters_by_layer(model: nn.Module) -> dict[str, ParameterCount]:
 
 
 def trainable_share_by_layer(model: nn.Module) -> dict[str, float]:
-    """Share (0 to 1) of each layer's parameters that train, in `parameters_by_layer` order."""
+    """Share (0 to 1) of each layer's parameters that train, in `parameters_by_layer` order (lesson 02)."""
     return {layer: count.percent / 100 for layer, count in parameters_by_layer(model).items()}
 
 
-def plot_trainable_map(shares: dict[str, dict[str, float]]) -> Figure:
-    """Heat map of `trainable_share_by_layer` per strategy: rows strategies, columns layers."""
-    strategies, layers = list(shares), list(next(iter(shares.values())))
-    grid = np.array([[shares[strategy][layer] for layer in layers] for strategy in strategies])
-    fig = Figure(figsize=(1.0 + 0.75 * len(layers), 0.9 + 0.38 * len(strategies)))
-    ax = fig.subplots()
-    ax.imshow(grid, cmap="Greens", vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(len(layers)), layers, rotation=30, ha="right")
-    ax.set_yticks(range(len(strategies)), strategies)
-    for (row, column), share in np.ndenumerate(grid):
-        ax.text(column, row, f"{share:.0%}", ha="center", va="center", fontsize=7,
-                color="white" if share > 0.6 else "black")
-    ax.set_title("share of each layer's parameters that train (input on the left)", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-# --- measuring memory ---------------------------------------------------------------------------
-
-
-def _resident_bytes() -> int:
-    """Resident memory of this process (Linux: /proc; elsewhere psutil, which Jupyter installs)."""
-    statm = Path("/proc/self/statm")
-    if statm.exists():
-        return int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    import psutil
-
-    return psutil.Process().memory_info().rss
-
-
-def _release_freed_memory() -> None:
-    """Hand memory that the C allocator holds but no longer uses back to the system (Linux glibc)."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
-
-
-class PeakMemory:
-    """Peak memory above the level at entry, in MB, while the `with` block runs (`.mb` after it).
-
-    On a CUDA GPU it is the allocator's peak (`torch.cuda.max_memory_allocated`); on a CPU it is
-    the peak resident memory of the process (RSS), sampled every `interval` seconds by a thread,
-    after freed memory is handed back so that the starting level is what is in use. `.method` says
-    which. The RSS peak counts what the allocator holds, so it is noisier and a little larger than
-    what the tensors need.
-    """
-
-    def __init__(self, interval: float = 0.005):
-        self.interval = interval
-        self.on_gpu = torch.cuda.is_available()
-        self.method = "CUDA max_memory_allocated" if self.on_gpu else "process RSS peak (sampled)"
-        self.mb = 0.0
-
-    def __enter__(self) -> "PeakMemory":
-        if self.on_gpu:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self._start = torch.cuda.memory_allocated()
-            return self
-        _release_freed_memory()
-        self._start = self._peak = _resident_bytes()
-        self._stop = threading.Event()
-        self._sampler = threading.Thread(target=self._sample, daemon=True)
-        self._sampler.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._peak = max(self._peak, _resident_bytes())
-
-    def __exit__(self, *exc) -> None:
-        if self.on_gpu:
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated()
-        else:
-            self._stop.set()
-            self._sampler.join()
-            peak = max(self._peak, _resident_bytes())
-        self.mb = (peak - self._start) / 2**20
-
-
-def activation_mb_per_image(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """MB of activations autograd keeps for the backward pass, per image, for one training step.
-
-    Counted exactly by `helpers.train.saved_for_backward_bytes` (each storage once, weights left
-    out) in float32 without autocast. Frozen layers below the lowest trainable one keep none.
-    """
-    device, was_training = next(model.parameters()).device, model.training
-    model.train()
-    saved = saved_for_backward_bytes(model, images.to(device), labels.to(device))
-    model.train(was_training)
-    return saved / 2**20 / len(images)
-
-
-# --- recipes: a strategy and how it trains ------------------------------------------------------
-
-
-def split_epochs(epochs: int, parts: int) -> list[int]:
-    """`epochs` shared out over `parts` stages as evenly as possible, the later stages getting the rest."""
-    if epochs < parts:
-        raise ValueError(f"{epochs} epoch(s) cannot be split over {parts} stages: give at least one epoch per stage.")
-    return [epochs // parts + (stage >= parts - epochs % parts) for stage in range(parts)]
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """One way to fine-tune: which parameters train (`prepare`) and how they are trained.
-
-    `prepare(model)` sets `requires_grad` (or wraps the model, as LoRA does) and returns the model
-    to train. Training uses the settings' lr times `lr_scale`; with `llrd_decay` the optimizer gets
-    layer-wise decayed groups; with `unfreeze_stages >= 2` the epochs are split over gradual
-    unfreezing stages (head first; fewer stages when there are fewer epochs, never under two), each
-    with a fresh optimizer and layer-wise decayed groups.
-    """
-
-    name: str
-    prepare: Callable[[nn.Module], nn.Module]
-    lr_scale: float = 1.0
-    llrd_decay: float | None = None
-    unfreeze_stages: int = 0
-
-    def train(self, model: nn.Module, train_set, val_set, settings: Settings, progress: bool = True) -> History:
-        """Train the prepared `model` for `settings.epochs` epochs in all; return one History."""
-        lr = settings.lr * self.lr_scale
-        if self.unfreeze_stages:
-            return self._train_gradually(model, train_set, val_set, settings, lr, progress)
-        groups = llrd_param_groups(model, lr, self.llrd_decay, settings.weight_decay) if self.llrd_decay else None
-        return fit(model, train_set, val_set, settings, param_groups=groups, lr=lr, progress=progress)
-
-    def _train_gradually(self, model, train_set, val_set, settings, lr, progress) -> History:
-        decay = self.llrd_decay or DEFAULT_LR_DECAY
-        n_stages = max(2, min(self.unfreeze_stages, settings.epochs))
-        stages = gradual_unfreezing_stages(model, n_stages, lr, decay, settings.weight_decay)
-        history = History()
-        for stage, epochs in zip(stages, split_epochs(settings.epochs, len(stages)), strict=True):
-            part = fit(model, train_set, val_set, settings, param_groups=stage.apply(model), lr=lr, epochs=epochs,
-                       progress=progress)
-            history.rows += [{**row, "epoch": len(history) + 1 + i} for i, row in enumerate(part.rows)]
-        return history
-
-
-def default_recipes(depth: int, frozen_blocks: int | None = None, lora_rank: int = 8) -> list[Recipe]:
-    """The lesson's seven strategies for a model with `depth` blocks (frozen_blocks default: depth // 2).
-
-    Strategies that train few parameters (linear probe, BitFit, LoRA) take a 10x larger step,
-    as is usual for them; the others train at the settings' lr.
-    """
-    k = depth // 2 if frozen_blocks is None else frozen_blocks
-    return [
-        Recipe("linear probe", _prepared(linear_probe), lr_scale=10),
-        Recipe(f"freeze emb + {k} blocks", _prepared(freeze_first_blocks, k=k)),
-        Recipe("BitFit", _prepared(bitfit), lr_scale=10),
-        Recipe("full fine-tune", _prepared(full_finetune)),
-        Recipe(f"full + LLRD {DEFAULT_LR_DECAY}", _prepared(full_finetune), llrd_decay=DEFAULT_LR_DECAY),
-        Recipe("gradual unfreezing", _prepared(freeze_first_blocks, k=depth), unfreeze_stages=3),
-        Recipe(f"LoRA r={lora_rank}", partial(add_lora, r=lora_rank, alpha=2 * lora_rank), lr_scale=10),
-    ]
-
-
-def _prepared(strategy: Callable[..., list[str]], **kwargs) -> Callable[[nn.Module], nn.Module]:
-    """A `Recipe.prepare` that applies `strategy` and returns the model itself."""
-
-    def prepare(model: nn.Module) -> nn.Module:
-        strategy(model, **kwargs)
-        return model
-
-    return prepare
-
-
-# --- the comparison -----------------------------------------------------------------------------
-
-
-@dataclass
-class RunResult:
-    """What one recipe cost and reached (trainable parameters and activations measured after training,
-    so at the widest point of gradual unfreezing)."""
-
-    strategy: str
-    backbone: str
-    trainable: int
-    total: int
-    seconds_per_epoch: float  # wall clock, training and validation
-    cpu_seconds_per_epoch: float  # this process's CPU time, all threads: steadier than wall on a shared machine
-    peak_memory_mb: float
-    activation_mb_per_image: float
-    val_accuracy: float
-    frozen_tensors_checked: int
-    history: History
-    model: nn.Module  # the trained model, on the CPU
-
-    @property
-    def trainable_percent(self) -> float:
-        return 100.0 * self.trainable / self.total
-
-
-def run_recipe(
-    recipe: Recipe, load: Callable[[], nn.Module], train_set, val_set, settings: Settings,
-    backbone: str = "pretrained", progress: bool = True,
-) -> RunResult:
-    """Train `recipe` on a fresh model from `load()` and measure it.
-
-    The model is loaded after seeding with `settings.seed`, so every recipe starts from the same
-    head. Before training, every frozen parameter is copied; after it, each one that is still frozen
-    (gradual unfreezing thaws some on the way) must be bit-identical (AssertionError otherwise).
-    Validation accuracy is the last epoch's.
-    """
-    seed_everything(settings.seed)
-    model = recipe.prepare(load()).to(default_device())
-    frozen = snapshot(model)
-    cpu_started = time.process_time()
-    with PeakMemory() as memory:
-        history = recipe.train(model, train_set, val_set, settings, progress)
-    cpu_seconds = time.process_time() - cpu_started
-    thawed = set(trainable_names(model))
-    still_frozen = {name: value for name, value in frozen.items() if name not in thawed}
-    assert_unchanged(model, still_frozen)
-    images, labels = next(iter(make_loader(train_set, min(settings.batch_size, 16))))
-    activation = activation_mb_per_image(model, images, labels)
-    count = count_parameters(model)
-    return RunResult(
-        strategy=recipe.name,
-        backbone=backbone,
-        trainable=count.trainable,
-        total=count.total,
-        seconds_per_epoch=float(np.mean(history.column("seconds"))),
-        cpu_seconds_per_epoch=cpu_seconds / len(history),
-        peak_memory_mb=memory.mb,
-        activation_mb_per_image=activation,
-        val_accuracy=history.rows[-1]["val_accuracy"],
-        frozen_tensors_checked=len(still_frozen),
-        history=history,
-        model=model.cpu(),
-    )
-
-
-def compare_strategies(
-    recipes: list[Recipe], load: Callable[[], nn.Module], train_set, val_set, settings: Settings,
-    backbone: str = "pretrained",
-) -> list[RunResult]:
-    """`run_recipe` for each recipe with the same settings (an equal budget); one progress bar."""
-    results = []
-    for recipe in tqdm(recipes, desc=f"strategies ({backbone})"):
-        results.append(run_recipe(recipe, load, train_set, val_set, settings, backbone, progress=False))
-    return results
-
-
-def results_table(results: list[RunResult], baselines: dict[str, float] | None = None) -> str:
-    """A markdown table of the results, then one row per baseline (name -> validation accuracy)."""
-    lines = [
-        "| strategy | backbone | trainable | trainable % | s / epoch | CPU s / epoch | peak memory MB "
-        "| activations MB / image | val accuracy |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    lines += [
-        f"| {r.strategy} | {r.backbone} | {r.trainable:,} | {r.trainable_percent:.2f} | {r.seconds_per_epoch:.2f} "
-        f"| {r.cpu_seconds_per_epoch:.2f} | {r.peak_memory_mb:.0f} | {r.activation_mb_per_image:.3f} "
-        f"| {r.val_accuracy:.1%} |"
-        for r in results
-    ]
-    lines += [f"| {name} | control | | | | | | | {accuracy:.1%} |" for name, accuracy in (baselines or {}).items()]
-    return "\n".join(lines)
-
-
-def plot_comparison(results: list[RunResult], baselines: dict[str, float] | None = None) -> Figure:
-    """Validation accuracy per strategy, pretrained beside random init, with baselines as lines; and s/epoch."""
-    strategies = list(dict.fromkeys(r.strategy for r in results))
-    backbones = list(dict.fromkeys(r.backbone for r in results))
-    by_key = {(r.strategy, r.backbone): r for r in results}
-    fig = Figure(figsize=(10, 4.2))
-    ax_acc, ax_time = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
-    width = 0.8 / len(backbones)
-    positions = np.arange(len(strategies))
-    for i, backbone in enumerate(backbones):
-        values = [by_key[(s, backbone)].val_accuracy if (s, backbone) in by_key else np.nan for s in strategies]
-        bars = ax_acc.bar(positions + (i - (len(backbones) - 1) / 2) * width, values, width, label=backbone)
-        ax_acc.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.0%}" for v in values], fontsize=6)
-    for j, (name, accuracy) in enumerate((baselines or {}).items()):
-        ax_acc.axhline(accuracy, color=f"C{len(backbones) + j}", linestyle="--", linewidth=1, label=name)
-    ax_acc.set_xticks(positions, strategies, rotation=30, ha="right", fontsize=8)
-    ax_acc.set(ylabel="validation accuracy", ylim=(0, 1.05), title="accuracy at an equal budget")
-    ax_acc.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.42), ncol=2, frameon=False)
-    pretrained = [by_key[(s, backbones[0])] for s in strategies if (s, backbones[0]) in by_key]
-    ax_time.barh([r.strategy for r in pretrained], [r.seconds_per_epoch for r in pretrained], color="C7")
-    ax_time.invert_yaxis()
-    ax_time.tick_params(axis="y", labelsize=8)
-    ax_time.set(xlabel="seconds per epoch", title=f"cost ({backbones[0]})")
-    fig.tight_layout()
-    return fig
-
-
-def describe_regime(results: list[RunResult], pixel_accuracy: float, probe_accuracy: float) -> str:
-    """One paragraph, from the measured numbers: is the frozen backbone a good feature extractor here?
-
-    `probe_accuracy` is the best linear classifier on the frozen pretrained features, `pixel_accuracy`
-    the same on raw pixels.
-    """
-    by_name = {(r.strategy, r.backbone): r.val_accuracy for r in results}
-    full = by_name.get(("full fine-tune", "pretrained"))
-    full_random = by_name.get(("full fine-tune", "random init"))
-    if probe_accuracy > pixel_accuracy:
-        regime = (f"Frozen features beat raw pixels ({probe_accuracy:.1%} vs {pixel_accuracy:.1%}): the pretrained "
-                  "backbone already separates these classes, so cheap strategies that keep it frozen are competitive.")
-    else:
-        regime = (f"Raw pixels are as linearly separable as the frozen features or more ({pixel_accuracy:.1%} vs "
-                  f"{probe_accuracy:.1%}): the pretrained features do not fit this task as they are, so the backbone "
-                  "itself has to adapt; strategies that freeze most of it are capped.")
-    if full is not None and full_random is not None:
-        verdict = "Pretraining pays when the backbone trains" if full > full_random else "Pretraining did not help here"
-        regime += (f" {verdict}: full fine-tuning reaches {full:.1%} from the checkpoint vs {full_random:.1%} from "
-                   "random init at the same budget.")
-    return regime
-
-
-# --- the fast linear probe ----------------------------------------------------------------------
-
-
 class FeatureSet(Dataset):
-    """Cached backbone features with their labels; items are (feature vector, label) like an image dataset."""
+    """Cached backbone features with their labels; items are (feature vector, label) like an image dataset (lesson 02)."""
 
     def __init__(self, features: torch.Tensor, labels: torch.Tensor):
         self.features, self.labels = features, labels
@@ -670,7 +320,7 @@ class FeatureSet(Dataset):
 def cache_features(
     model: ViTForImageClassification, dataset, batch_size: int = 256, progress: bool = True
 ) -> FeatureSet:
-    """What the classifier sees for every image: the CLS token after the backbone's final layernorm."""
+    """What the classifier sees for every image: the CLS token after the backbone's final layernorm (lesson 02)."""
     model.eval()
     device = next(model.parameters()).device
     features, labels = [], []
@@ -682,7 +332,7 @@ def cache_features(
 
 @dataclass
 class FastProbe:
-    """A linear probe trained on cached features: the timings and the features (for other classifiers)."""
+    """A linear probe trained on cached features: the timings and the features (for other classifiers) (lesson 02)."""
 
     feature_seconds: float
     history: History
@@ -697,7 +347,7 @@ class FastProbe:
 
 def fast_linear_probe(model: ViTForImageClassification, train_set, val_set, settings: Settings,
                       progress: bool = True, **overrides) -> FastProbe:
-    """Compute the frozen backbone's features once, then train `model.classifier` on them with `fit`.
+    """Compute the frozen backbone's features once, then train `model.classifier` on them with `fit` (lesson 02).
 
     With no dropout and no augmentation this is the same optimisation as a linear probe trained
     through the frozen model (same head, batches, optimizer and schedule), only without running the
@@ -713,60 +363,4 @@ def fast_linear_probe(model: ViTForImageClassification, train_set, val_set, sett
     return FastProbe(feature_seconds, history, train_features, val_features)
 
 
-# --- honest controls ----------------------------------------------------------------------------
-
-
-def pixel_matrix(dataset) -> np.ndarray:
-    """Raw pixels of a `helpers.data` dataset, one flattened row per image in [0, 1] (native size, no transform)."""
-    return np.stack([dataset.image(i).numpy().reshape(-1) for i in range(len(dataset))]).astype(np.float32) / 255
-
-
-def logistic_regression_accuracy(train_x, train_y, val_x, val_y, max_iter: int = 1000) -> float:
-    """Validation accuracy of a standardised multinomial logistic regression (scikit-learn, L-BFGS)."""
-    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
-    classifier.fit(np.asarray(train_x), np.asarray(train_y))
-    return float(classifier.score(np.asarray(val_x), np.asarray(val_y)))
-
-
-# --- exercise checkers --------------------------------------------------------------------------
-
-
-def check_last_two_blocks(model: nn.Module, trainable_percent: float) -> None:
-    """Checker: only the last two encoder blocks and the head train, and `trainable_percent` says how much."""
-    depth = depth_of(model)
-    wrong = [
-        name for name, param in model.named_parameters() if param.requires_grad != (layer_id(name, depth) >= depth - 1)
-    ]
-    assert not wrong, (
-        f"{len(wrong)} parameters have the wrong requires_grad, e.g. {wrong[0]}: train blocks {depth - 2} and "
-        f"{depth - 1}, the final layernorm and the classifier, and freeze everything else."
-    )
-    expected = count_parameters(model).percent
-    assert abs(trainable_percent - expected) < 0.01, (
-        f"trainable_percent={trainable_percent:.2f} but {expected:.2f}% of the parameters train: divide the "
-        "trainable count by the total count and multiply by 100."
-    )
-    print(f"Correct: the last two blocks and the head train, {expected:.2f}% of the parameters.")
-
-
-def check_llrd_groups(groups: list[dict], model: nn.Module, lr: float, decay: float) -> None:
-    """Checker: each trainable parameter in exactly one group, at lr * decay ** (its depth from the top)."""
-    depth = depth_of(model)
-    names = {id(param): name for name, param in model.named_parameters()}
-    seen = [id(param) for group in groups for param in group["params"]]
-    trainable = {id(param) for param in model.parameters() if param.requires_grad}
-    assert len(seen) == len(set(seen)), "A parameter sits in two groups: put each one in exactly one group."
-    assert set(seen) == trainable, (
-        f"The groups hold {len(set(seen))} parameters but {len(trainable)} train: give every trainable parameter, "
-        "and no frozen one, a group."
-    )
-    for group in groups:
-        for param in group["params"]:
-            name = names[id(param)]
-            expected = lr * decay ** (depth + 1 - layer_id(name, depth))
-            assert math.isclose(group["lr"], expected, rel_tol=1e-6), (
-                f"{name} trains at lr {group['lr']:.3g} but should at {expected:.3g}: lr * decay ** (depth from "
-                f"the top), where the head is 0 layers down and the embeddings {depth + 1}."
-            )
-    print(f"Correct: {len(groups)} groups, from {max(g['lr'] for g in groups):.2g} at the head down to "
-          f"{min(g['lr'] for g in groups):.2g}.")
+__getattr__ = forwarder(__name__)  # names that moved to the lesson companion

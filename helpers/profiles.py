@@ -18,7 +18,7 @@ HUB_HOST = "huggingface.co"
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything a lesson needs to know about its scale. Validated on creation."""
+    """Everything a lesson needs to know about its scale. Validated on creation (lesson 00)."""
 
     profile: str
     model_name: str
@@ -75,7 +75,7 @@ PROFILES: dict[str, dict] = {
 
 
 def resolve(profile: str = "auto", **overrides) -> Settings:
-    """The settings of `profile` ('smoke', 'cpu', 'gpu' or 'auto'), with `overrides` applied by name.
+    """The settings of `profile` ('smoke', 'cpu', 'gpu' or 'auto'), with `overrides` applied by name (lesson 00).
 
     None values in `overrides` keep the profile's setting, so a notebook can pass its
     parameters cell straight through.
@@ -94,7 +94,7 @@ def resolve(profile: str = "auto", **overrides) -> Settings:
 
 
 def choose_profile() -> tuple[str, str]:
-    """The profile `auto` stands for on this machine, and why."""
+    """The profile `auto` stands for on this machine, and why (lesson 00)."""
     env = os.environ.get("COURSE_PROFILE")
     if env:
         if env not in PROFILES:
@@ -108,7 +108,7 @@ def choose_profile() -> tuple[str, str]:
 
 
 def device_name() -> str:
-    """'cuda', 'mps' or 'cpu': the best accelerator PyTorch can use here."""
+    """'cuda', 'mps' or 'cpu': the best accelerator PyTorch can use here (lesson 00)."""
     import torch
 
     if torch.cuda.is_available():
@@ -119,7 +119,7 @@ def device_name() -> str:
 
 
 def is_online(timeout: float = 1.5) -> bool:
-    """True when the Hugging Face hub can be reached (and HF_HUB_OFFLINE is not set)."""
+    """True when the Hugging Face hub can be reached (and HF_HUB_OFFLINE is not set) (lesson 00)."""
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
         return False
     try:
@@ -130,14 +130,14 @@ def is_online(timeout: float = 1.5) -> bool:
 
 
 def gpu_assets_cached() -> bool:
-    """True when the gpu profile's model is already in the local Hugging Face cache."""
+    """True when the gpu profile's model is already in the local Hugging Face cache (lesson 00)."""
     from huggingface_hub import try_to_load_from_cache
 
     return isinstance(try_to_load_from_cache(GPU_MODEL, "config.json"), str)
 
 
 def environment_report(settings: Settings | None = None) -> str:
-    """A few lines on Python, library versions, device, threads, network and the chosen profile."""
+    """A few lines on Python, library versions, device, threads, network and the chosen profile (lesson 00)."""
     import torch
     import transformers
 
@@ -157,7 +157,7 @@ def environment_report(settings: Settings | None = None) -> str:
 
 
 def profile_table() -> str:
-    """A markdown table of every setting in each profile."""
+    """A markdown table of every setting in each profile (lesson 00)."""
     rows = ["| setting | " + " | ".join(PROFILES) + " |", "|---|" + "---|" * len(PROFILES)]
     defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
     for name in SETTING_NAMES:

@@ -12,11 +12,14 @@ from IPython.display import display
 
 
 def is_headless() -> bool:
+
+
+    """True when the notebook runs without a live front end (`COURSE_HEADLESS=1`) (lesson 01)."""
     return os.environ.get("COURSE_HEADLESS") == "1"
 
 
 def explorer(draw, **controls):
-    """Call `draw(**values) -> Figure` from ipywidgets controls (ipywidgets `interact` abbreviations).
+    """Call `draw(**values) -> Figure` from ipywidgets controls (ipywidgets `interact` abbreviations) (lesson 01).
 
     Headless, the figure for the controls' initial values is shown once, with a note.
     Returns the live `interactive` widget, or None when headless.

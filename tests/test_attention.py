@@ -11,22 +11,17 @@ import torch
 from matplotlib import colormaps
 from transformers import ViTConfig, ViTForImageClassification
 
-from helpers.attention import (
+from helpers.attention import attention_map, attention_rollout, cls_attention, model_attentions, overlay, rollout_matrix
+from helpers.data import ImageSpec
+from helpers.lessons.l01_vit_theory import (
+    ScratchViT,
     attention_explorer,
-    attention_map,
-    attention_rollout,
-    cls_attention,
-    model_attentions,
-    overlay,
     plot_attention_maps,
     plot_attention_view,
     plot_position_similarity,
     position_similarity,
-    rollout_matrix,
     similarity_by_relation,
 )
-from helpers.data import ImageSpec
-from helpers.scratch import ScratchViT
 
 TINY = dict(image_size=32, patch_size=4, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=128, num_labels=3)

@@ -8,8 +8,9 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from transformers.utils import logging as transformers_logging
 
-from helpers import augment, data, profiles
-from helpers.data import ImageSpec, TensorImages, eval_transform
+from helpers import data, profiles
+from helpers.data import ImageSpec, TensorImages, augment, eval_transform
+from helpers.lessons import l04_augmentation as l04
 
 HALF = (0.5, 0.5, 0.5)
 NON_SQUARE = ImageSpec(size=(24, 40), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
@@ -83,16 +84,16 @@ def test_mix_batch_gives_soft_targets_matching_the_images(alphas):
     assert mixed.shape == images.shape and targets.shape == (6, 10)
     assert targets.dtype == torch.float32
     assert torch.allclose(targets.sum(1), torch.ones(6))
-    assert augment.check_labels_valid(mix, num_classes=10)
+    assert l04.check_labels_valid(mix, num_classes=10)
 
 
 def test_check_labels_valid_catches_labels_out_of_step_with_images():
     def mixes_images_only(images, labels):
         return 0.5 * (images + images.roll(1, 0)), labels
 
-    assert augment.check_labels_valid(lambda images, labels: (images, labels))
+    assert l04.check_labels_valid(lambda images, labels: (images, labels))
     with pytest.raises(AssertionError, match="do not match"):
-        augment.check_labels_valid(mixes_images_only)
+        l04.check_labels_valid(mixes_images_only)
 
 
 def test_mix_batch_rejects_uint8_images():
@@ -133,10 +134,10 @@ def test_strong_without_num_classes_says_what_to_pass():
 def test_batch_call_repeats_one_draw_while_per_sample_calls_differ():
     torch.manual_seed(0)
     crop = v2.RandomResizedCrop(16, scale=(0.1, 0.5))
-    batch_level, per_sample = augment.same_draw_demo(crop, random_image(), n=6)
+    batch_level, per_sample = l04.same_draw_demo(crop, random_image(), n=6)
     assert batch_level.shape == per_sample.shape == (6, 3, 16, 16)
-    assert augment.count_distinct(batch_level) == 1
-    assert augment.count_distinct(per_sample) == 6
+    assert l04.count_distinct(batch_level) == 1
+    assert l04.count_distinct(per_sample) == 6
 
 
 def test_dataloader_gives_each_image_its_own_draw():
@@ -145,7 +146,7 @@ def test_dataloader_gives_each_image_its_own_draw():
     dataset = TensorImages(same_image, [0] * 6, ["a"])
     train = augment.build("basic", UPSAMPLING, magnitude=1.0).train_transform
     images, _ = next(iter(DataLoader(dataset.with_transform(train), batch_size=6)))
-    assert augment.count_distinct(images) == 6
+    assert l04.count_distinct(images) == 6
 
 
 def test_cutmix_box_covers_one_minus_lam_of_the_image():
@@ -155,7 +156,7 @@ def test_cutmix_box_covers_one_minus_lam_of_the_image():
             x1, y1, x2, y2 = augment.cutmix_box(h, w, lam, generator)
             assert 0 <= x1 <= x2 <= w and 0 <= y1 <= y2 <= h
             assert abs((x2 - x1) * (y2 - y1) - (1 - lam) * h * w) <= h + w
-    assert augment.check_cutmix_box(augment.cutmix_box)
+    assert l04.check_cutmix_box(augment.cutmix_box)
 
 
 def test_check_cutmix_box_rejects_wrong_samplers():
@@ -167,14 +168,14 @@ def test_check_cutmix_box_rejects_wrong_samplers():
         return 0, 0, x2 - x1, y2 - y1
 
     with pytest.raises(AssertionError, match="area"):
-        augment.check_cutmix_box(area_lam)
+        l04.check_cutmix_box(area_lam)
     with pytest.raises(AssertionError, match="same place"):
-        augment.check_cutmix_box(always_top_left)
+        l04.check_cutmix_box(always_top_left)
 
 
 def test_gallery_has_augmix_and_color_jitter_on_uint8():
     torch.manual_seed(0)
-    gallery = augment.gallery_transforms(NON_SQUARE)
+    gallery = l04.gallery_transforms(NON_SQUARE)
     assert {"AugMix", "color jitter"} <= set(gallery)
     for transform in gallery.values():
         out = transform(random_image(30, 45))
@@ -185,7 +186,7 @@ def test_plot_augmentations_grid_shows_true_colours():
     images = [random_image(seed=i) for i in range(3)]
     spec = ImageSpec((32, 32), mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.25))
     none = augment.build("none", spec)
-    fig = augment.plot_augmentations(images, {"none": none.train_transform}, n=2, spec=spec)
+    fig = l04.plot_augmentations(images, {"none": none.train_transform}, n=2, spec=spec)
     assert isinstance(fig, Figure)
     assert len(fig.axes) == 2 * 2
     assert [ax.get_ylabel() for ax in fig.axes[::2]] == ["original", "none"]
@@ -201,27 +202,27 @@ def titles_of(fig):
 
 
 def test_target_title_names_hard_and_soft_targets():
-    assert augment.target_title(torch.tensor(3), CLASSES) == "3"
+    assert l04.target_title(torch.tensor(3), CLASSES) == "3"
     soft = torch.zeros(10)
     soft[[2, 7]] = torch.tensor([0.25, 0.75])
-    assert augment.target_title(soft, CLASSES) == "7:0.75 2:0.25"
-    assert augment.target_title(torch.nn.functional.one_hot(torch.tensor(4), 10).float(), CLASSES) == "4"
+    assert l04.target_title(soft, CLASSES) == "7:0.75 2:0.25"
+    assert l04.target_title(torch.nn.functional.one_hot(torch.tensor(4), 10).float(), CLASSES) == "4"
 
 
 def test_plot_batch_titles_each_image_with_its_target():
     images, labels = torch.rand(5, 3, 16, 16), torch.tensor([0, 1, 2, 3, 4])
-    fig = augment.plot_batch(images, labels, CLASSES, n=4)
+    fig = l04.plot_batch(images, labels, CLASSES, n=4)
     assert titles_of(fig) == ["0", "1", "2", "3"]
 
 
 def test_preview_figure_shows_fresh_draws_and_mixed_labels():
     torch.manual_seed(0)
     images, labels = [random_image(seed=i) for i in range(4)], [0, 1, 2, 3]
-    none = augment.preview_figure(images, labels, UPSAMPLING, CLASSES, "none", draws=2)
+    none = l04.preview_figure(images, labels, UPSAMPLING, CLASSES, "none", draws=2)
     assert len([ax for ax in none.axes if ax.images]) == 2 * 4
     first, second = (torch.as_tensor(ax.images[0].get_array()) for ax in none.axes[0:5:4])
     assert torch.equal(first, second)  # no augmentation: every draw is the same picture
-    strong = augment.preview_figure(images, labels, UPSAMPLING, CLASSES, "strong", magnitude=1.0, draws=3)
+    strong = l04.preview_figure(images, labels, UPSAMPLING, CLASSES, "strong", magnitude=1.0, draws=3)
     titles = titles_of(strong)
     assert len(titles) == 3 * 4 and any(" " in title for title in titles)  # some images hold two classes
     assert "strong, magnitude 1" in strong.get_suptitle()
@@ -235,8 +236,8 @@ def test_preview_headless_draws_the_initial_choice_once(monkeypatch, capsys):
         calls.append((preset, magnitude))
         return Figure()
 
-    monkeypatch.setattr(augment, "preview_figure", fake_figure)
-    assert augment.preview([random_image()], [0], UPSAMPLING, CLASSES, preset="basic", magnitude=0.3) is None
+    monkeypatch.setattr(l04, "preview_figure", fake_figure)
+    assert l04.preview([random_image()], [0], UPSAMPLING, CLASSES, preset="basic", magnitude=0.3) is None
     assert calls and set(calls) == {("basic", 0.3)}
     assert "static view" in capsys.readouterr().out
 
@@ -247,7 +248,7 @@ def test_dataloader_workers_give_each_image_its_own_draw():
     train = augment.build("basic", UPSAMPLING, magnitude=1.0).train_transform
     loader = DataLoader(dataset.with_transform(train), batch_size=4, num_workers=2)
     images = torch.cat([batch for batch, _ in loader])
-    assert augment.count_distinct(images) == 8
+    assert l04.count_distinct(images) == 8
 
 
 def digit_like_splits(n=40, classes=("dark", "bright")):
@@ -262,10 +263,10 @@ def digit_like_splits(n=40, classes=("dark", "bright")):
 
 def test_loader_throughput_counts_images_per_second():
     dataset = digit_like_splits(40).train.with_transform(eval_transform(UPSAMPLING))
-    assert augment.loader_throughput(dataset, batch_size=8) > 0
+    assert l04.loader_throughput(dataset, batch_size=8) > 0
     with pytest.raises(ValueError, match="more than one batch"):
-        augment.loader_throughput(dataset, batch_size=len(dataset))
-    rates = augment.throughput_by_preset(dataset, UPSAMPLING, ("none", "strong"), batch_size=8)
+        l04.loader_throughput(dataset, batch_size=len(dataset))
+    rates = l04.throughput_by_preset(dataset, UPSAMPLING, ("none", "strong"), batch_size=8)
     assert list(rates) == ["none", "strong"] and all(rate > 0 for rate in rates.values())
 
 
@@ -276,7 +277,7 @@ def test_ablation_trains_each_preset_from_the_same_start(tiny_model_dir):
     splits = digit_like_splits(36)
     settings = dataclasses.replace(SMOKE, model_name=str(tiny_model_dir))
     verbosity = transformers_logging.get_verbosity()
-    result = augment.run_ablation(splits, settings, ("none", "strong"), progress=False)
+    result = l04.run_ablation(splits, settings, ("none", "strong"), progress=False)
     assert transformers_logging.get_verbosity() == verbosity  # load reports are silenced only while loading
     assert list(result.histories) == ["none", "strong"]
     assert all(0 <= accuracy <= 1 for accuracy in result.test_accuracy.values())
@@ -284,7 +285,7 @@ def test_ablation_trains_each_preset_from_the_same_start(tiny_model_dir):
     table = result.table()
     assert "| none |" in table and "| strong |" in table and " pt |" in table
     assert [len(ax.lines) for ax in result.plot().axes] == [2, 2]
-    again = augment.run_ablation(splits, settings, ("none",), progress=False)
+    again = l04.run_ablation(splits, settings, ("none",), progress=False)
     assert again.histories["none"].column("val_loss") == result.histories["none"].column("val_loss")
     assert again.test_accuracy["none"] == result.test_accuracy["none"]
 
@@ -293,4 +294,4 @@ def test_ablation_trains_each_preset_from_the_same_start(tiny_model_dir):
 def test_ablation_rejects_bad_choices_before_training(presets, magnitude):
     settings = dataclasses.replace(SMOKE, model_name="/no/such/model")
     with pytest.raises(ValueError):
-        augment.run_ablation(digit_like_splits(), settings, presets, magnitude, progress=False)
+        l04.run_ablation(digit_like_splits(), settings, presets, magnitude, progress=False)

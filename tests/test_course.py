@@ -37,7 +37,7 @@ def test_a_failing_notebook_is_named_with_its_cell_and_records_survive(tmp_path,
                    "from helpers import course\ncourse.record(answer=42, profile=profile)")
     write_notebook(notebooks / "01_broken.ipynb", 'profile = "auto"\noverrides = {}',
                    "from helpers import course\ncourse.record(before=1.5)", "raise ValueError('boom')")
-    monkeypatch.setattr(course, "NOTEBOOKS", notebooks)
+    monkeypatch.setattr(course.runner, "NOTEBOOKS", notebooks)
     exit_code = course.main(["run", "--profile", "smoke", "--out", str(tmp_path / "build")])
     assert exit_code == 1
     assert "01_broken" in capsys.readouterr().err
@@ -74,7 +74,7 @@ def test_student_copies_lose_solutions_and_outputs(tmp_path, monkeypatch):
     notebook.cells[2].outputs = [nbformat.v4.new_output("stream", text="Correct")]
     notebook.cells[2].execution_count = 2
     nbformat.write(notebook, path)
-    monkeypatch.setattr(course, "NOTEBOOKS", notebooks)
+    monkeypatch.setattr(course.runner, "NOTEBOOKS", notebooks)
     [copy] = course.make_student_copies(tmp_path / "student")
     cell = nbformat.read(copy, as_version=4).cells[2]
     assert "return 2 * x" not in cell.source and "SOLUTION" not in cell.source

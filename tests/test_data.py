@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from helpers import data
+from helpers import data, plots
+from helpers.lessons import l03_datasets as l03
 
 
 # ---------------------------------------------------------------- data the tests make
@@ -53,7 +54,7 @@ def clean_folder(root, classes=("cat", "dog"), per_class=6):
 def messy_folder(tmp_path):
     """Two classes of six photos with every usual problem planted; returns (root, {problem: path})."""
     root = clean_folder(tmp_path / "photos")
-    return root, data.plant_messy_folder(root)
+    return root, l03.plant_messy_folder(root)
 
 
 # ---------------------------------------------------------------- digits and splits
@@ -156,7 +157,7 @@ def test_scan_reports_every_planted_problem_with_its_path(messy_folder):
 
 def test_planting_needs_two_classes_with_enough_images(tmp_path):
     with pytest.raises(ValueError, match="two class folders with at least 4 images"):
-        data.plant_messy_folder(clean_folder(tmp_path, classes=("only",)))
+        l03.plant_messy_folder(clean_folder(tmp_path, classes=("only",)))
 
 
 def test_image_folder_loads_every_mode_as_rgb_and_skips_the_unreadable(messy_folder):
@@ -277,17 +278,17 @@ def test_weighted_sampler_draws_classes_equally_often():
 
 
 def test_long_tailed_subset_shrinks_classes_geometrically():
-    subset = data.long_tailed_subset(data.load_digits(), imbalance_ratio=10, seed=0)
+    subset = l03.long_tailed_subset(data.load_digits(), imbalance_ratio=10, seed=0)
     counts = data.class_counts(subset)
     assert all(a >= b for a, b in zip(counts, counts[1:]))
     assert counts[0] / counts[-1] == pytest.approx(10, rel=0.1)
     with pytest.raises(ValueError, match="imbalance_ratio must be 1 or more"):
-        data.long_tailed_subset(subset, 0.5, seed=0)
+        l03.long_tailed_subset(subset, 0.5, seed=0)
 
 
 def test_class_balance_plot_has_one_bar_per_class_and_split():
     splits = data.load_dataset("digits", train_size=100, eval_size=50)
-    fig = data.plot_class_balance(splits)
+    fig = l03.plot_class_balance(splits)
     bars = fig.axes[0].patches
     assert len(bars) == 3 * 10
     assert sum(bar.get_height() for bar in bars[:10]) == pytest.approx(1.0)  # train shares sum to one
@@ -308,7 +309,7 @@ def test_resize_cost_counts_pixels_memory_and_tokens():
     digits = data.load_digits().subset(range(4))
     spec = data.ImageSpec((32, 32), (0.5,) * 3, (0.5,) * 3)
     threads = torch.get_num_threads()
-    rows = data.resize_cost(digits, spec, (32, 224), patch_sizes=(4, 16), n=4)
+    rows = l03.resize_cost(digits, spec, (32, 224), patch_sizes=(4, 16), n=4)
     assert torch.get_num_threads() == threads  # timed on one thread, then restored
     assert [row["pixels vs native"] for row in rows] == [1, 49]
     assert [row["tokens at patch 16 (+ CLS)"] for row in rows] == [5, 197]
@@ -320,14 +321,14 @@ def test_resize_cost_counts_pixels_memory_and_tokens():
 def test_before_after_figure_names_both_sizes():
     image = data.load_digits().image(0)
     spec = data.ImageSpec((48, 48), (0.5,) * 3, (0.5,) * 3)
-    fig = data.plot_before_after(image, data.eval_transform(spec)(image), spec)
+    fig = l03.plot_before_after(image, data.eval_transform(spec)(image), spec)
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[:2] == ["before: 32x32 uint8", "after: 48x48 float32"]
     plt.close(fig)
 
 
 def test_loader_options_compare_pinned_memory_only_with_cuda():
-    without, with_cuda = data.loader_options_to_compare(cuda=False), data.loader_options_to_compare(cuda=True)
+    without, with_cuda = l03.loader_options_to_compare(cuda=False), l03.loader_options_to_compare(cuda=True)
     assert [o.num_workers for o in without] == [0, 1, 1, 2, 2] and not any(o.pin_memory for o in without)
     assert len(with_cuda) == 10 and {o.pin_memory for o in with_cuda} == {False, True}
     assert not any(o.persistent_workers for o in without if o.num_workers == 0)
@@ -335,18 +336,18 @@ def test_loader_options_compare_pinned_memory_only_with_cuda():
 
 def test_throughput_has_one_row_per_option():
     digits = data.load_digits().subset(range(24))
-    options = [data.LoaderOptions(0), data.LoaderOptions(1, persistent_workers=True)]
-    rows = data.measure_throughput(digits, batch_size=8, options=options, epochs=2, device="cpu")
+    options = [l03.LoaderOptions(0), l03.LoaderOptions(1, persistent_workers=True)]
+    rows = l03.measure_throughput(digits, batch_size=8, options=options, epochs=2, device="cpu")
     assert [(r["num_workers"], r["persistent_workers"]) for r in rows] == [(0, False), (1, True)]
     assert all(r["images/s"] > 0 and r["first batch, epoch 2 (s)"] >= 0 for r in rows)
 
 
 def test_cpu_load_names_the_cores():
-    assert data.cpu_load().startswith(f"{os.cpu_count()} cores")
+    assert l03.cpu_load().startswith(f"{os.cpu_count()} cores")
 
 
 def test_markdown_table_formats_numbers_and_booleans():
-    table = data.markdown_table([{"workers": 2, "pinned": True, "images/s": 1234.56, "seconds": 0.012345}])
+    table = plots.markdown_table([{"workers": 2, "pinned": True, "images/s": 1234.56, "seconds": 0.012345}])
     assert table.splitlines() == ["| workers | pinned | images/s | seconds |", "|---|---|---|---|",
                                   "| 2 | yes | 1,235 | 0.0123 |"]
 
@@ -394,12 +395,12 @@ def dedupe_then_split(dataset, seed):
 
 
 def test_clean_split_checker_accepts_a_right_answer_and_names_each_mistake(capsys):
-    assert data.check_clean_split(dedupe_then_split)
+    assert l03.check_clean_split(dedupe_then_split)
     assert "Correct" in capsys.readouterr().out
     with pytest.raises(AssertionError, match="in two splits|same image twice"):
-        data.check_clean_split(lambda d, seed: data.split_dataset(d, "raw", seed))
+        l03.check_clean_split(lambda d, seed: data.split_dataset(d, "raw", seed))
     with pytest.raises(AssertionError, match="same splits"):
-        data.check_clean_split(lambda d, seed: dedupe_then_split(d, 0))
+        l03.check_clean_split(lambda d, seed: dedupe_then_split(d, 0))
 
     def cut_in_label_order(dataset, seed):
         unique = deduplicated(dataset)
@@ -408,11 +409,11 @@ def test_clean_split_checker_accepts_a_right_answer_and_names_each_mistake(capsy
         return data.Splits(*(unique.subset(order[a:b]) for a, b in zip(cuts, cuts[1:])), unique.classes)
 
     with pytest.raises(AssertionError, match="stratify=labels"):
-        data.check_clean_split(cut_in_label_order)
+        l03.check_clean_split(cut_in_label_order)
 
 
 def test_channel_stats_checker_accepts_the_reference_and_names_common_mistakes():
-    assert data.check_channel_stats(data.channel_mean_std)
+    assert l03.check_channel_stats(data.channel_mean_std)
 
     def on_255_scale(dataset):
         mean, std = data.channel_mean_std(dataset)
@@ -423,9 +424,9 @@ def test_channel_stats_checker_accepts_the_reference_and_names_common_mistakes()
         return images.mean((0, 2, 3)).tolist(), images.std((2, 3), correction=0).mean(0).tolist()
 
     with pytest.raises(AssertionError, match="0-255 scale"):
-        data.check_channel_stats(on_255_scale)
+        l03.check_channel_stats(on_255_scale)
     with pytest.raises(AssertionError, match="average of per-image stds"):
-        data.check_channel_stats(mean_of_per_image_stds)
+        l03.check_channel_stats(mean_of_per_image_stds)
 
 
 def test_loader_batches_are_stacked_tensors():

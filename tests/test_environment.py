@@ -1,9 +1,9 @@
 """The conda environment file and the packaging agree (conda itself is not installed here)."""
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,10 +10,11 @@ from scipy.special import softmax
 from torchvision import tv_tensors
 from transformers import ViTConfig, ViTForImageClassification
 
+from helpers import attention, export, models, profiles, train
 from helpers import evaluate as ev
-from helpers import models, profiles
 from helpers.attention import attention_rollout
 from helpers.data import ImageSpec, TensorImages, eval_transform
+from helpers.lessons import l06_evaluation as l06
 
 NUM_CLASSES = 3
 
@@ -165,17 +166,17 @@ def test_crops_tta_sees_the_image_and_four_shifted_copies_without_flips():
 def test_compare_tta_measures_each_mode_against_plain_predictions():
     torch.manual_seed(0)
     model, dataset = LeftRightSensitive(), float_images(count=12)
-    results = ev.compare_tta(model, dataset, batch_size=4, progress=False)
+    results = l06.compare_tta(model, dataset, batch_size=4, progress=False)
     assert [row.mode for row in results] == ["none", *ev.TTA_MODES]
     assert [row.views for row in results] == [1, 2, 5, 10]
     for row, mode in zip(results, (None, *ev.TTA_MODES)):
         expected = ev.predict(model, dataset, tta=mode, progress=False)
         np.testing.assert_allclose(row.predictions.probs, expected.probs, atol=1e-6)
         assert row.accuracy == ev.accuracy(expected.preds, expected.labels) and row.seconds > 0
-    table = ev.tta_table(results)
+    table = l06.tta_table(results)
     assert table.count("\n") == 1 + len(results) and "| none | 1 |" in table and "| +0.00 |" in table
     with pytest.raises(ValueError, match="at least one"):
-        ev.tta_table([])
+        l06.tta_table([])
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -352,26 +353,26 @@ def test_apply_temperature():
 def test_corrupt_keeps_dtype_shape_and_type():
     rng = torch.Generator().manual_seed(0)
     uint8 = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=rng)
-    for kind in ev.CORRUPTIONS:
-        out = ev.corrupt(uint8, kind, 3, seed=0)
+    for kind in l06.CORRUPTIONS:
+        out = l06.corrupt(uint8, kind, 3, seed=0)
         assert out.dtype == torch.uint8 and out.shape == uint8.shape
-        floats = ev.corrupt(uint8[0].float() / 255, kind, 3, seed=0)
+        floats = l06.corrupt(uint8[0].float() / 255, kind, 3, seed=0)
         assert floats.dtype == torch.float32 and 0 <= floats.min() and floats.max() <= 1
     image = tv_tensors.Image(uint8[0])
-    assert isinstance(ev.corrupt(image, "gaussian_blur", 1), tv_tensors.Image)
+    assert isinstance(l06.corrupt(image, "gaussian_blur", 1), tv_tensors.Image)
 
 
-@pytest.mark.parametrize("kind", ev.CORRUPTIONS)
+@pytest.mark.parametrize("kind", l06.CORRUPTIONS)
 def test_corruption_grows_with_severity(kind):
     image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.6
-    changes = [(ev.corrupt(image, kind, s, seed=0) - image).abs().mean().item() for s in ev.SEVERITIES]
+    changes = [(l06.corrupt(image, kind, s, seed=0) - image).abs().mean().item() for s in l06.SEVERITIES]
     assert all(a < b for a, b in zip(changes, changes[1:]))
     assert changes[0] > 0
 
 
 def test_noise_is_reproducible_with_a_seed():
     image = torch.full((3, 8, 8), 0.5)
-    first, again, other = (ev.corrupt(image, "gaussian_noise", 5, seed=seed) for seed in (1, 1, 2))
+    first, again, other = (l06.corrupt(image, "gaussian_noise", 5, seed=seed) for seed in (1, 1, 2))
     assert torch.equal(first, again) and not torch.equal(first, other)
 
 
@@ -379,7 +380,7 @@ def test_noise_is_reproducible_with_a_seed():
 def test_blur_matches_scipy_with_sigma_scaled_to_the_image(side, severity, sigma):
     image = torch.rand(3, side, side, generator=torch.Generator().manual_seed(0))
     expected = gaussian_filter(image.numpy(), sigma=(0, sigma, sigma), mode="mirror", truncate=4)
-    np.testing.assert_allclose(ev.corrupt(image, "gaussian_blur", severity).numpy(), expected, atol=1e-4)
+    np.testing.assert_allclose(l06.corrupt(image, "gaussian_blur", severity).numpy(), expected, atol=1e-4)
 
 
 def test_brightness_matches_an_hsv_round_trip():
@@ -388,35 +389,35 @@ def test_brightness_matches_an_hsv_round_trip():
     hsv = rgb_to_hsv(image.permute(1, 2, 0).numpy())
     hsv[..., 2] = np.clip(hsv[..., 2] + 0.3, 0, 1)
     expected = hsv_to_rgb(hsv).transpose(2, 0, 1)
-    np.testing.assert_allclose(ev.corrupt(image, "brightness", 5).numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(l06.corrupt(image, "brightness", 5).numpy(), expected, atol=1e-5)
 
 
 def test_corrupt_rejects_bad_input():
     image = torch.rand(3, 8, 8)
     with pytest.raises(ValueError, match="Unknown corruption"):
-        ev.corrupt(image, "fog", 1)
+        l06.corrupt(image, "fog", 1)
     for severity in (0, 6, 2.5):
         with pytest.raises(ValueError, match="severity"):
-            ev.corrupt(image, "brightness", severity)
+            l06.corrupt(image, "brightness", severity)
     with pytest.raises(ValueError, match="before the model's Normalize"):
-        ev.corrupt(image * 2 - 1, "brightness", 1)
+        l06.corrupt(image * 2 - 1, "brightness", 1)
     with pytest.raises(ValueError, match=r"\[3, H, W\]"):
-        ev.corrupt(torch.rand(8, 8), "brightness", 1)
+        l06.corrupt(torch.rand(8, 8), "brightness", 1)
 
 
 def test_robustness_sweep_reports_clean_and_each_severity():
     images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     transform = eval_transform(ImageSpec((8, 8), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))
     model = Recorder()  # always predicts class 0: 2 of the 6 labels
-    results = ev.robustness_sweep(model, labeled(images), transform, severities=(1, 5), progress=False)
-    assert list(results) == list(ev.CORRUPTIONS)
+    results = l06.robustness_sweep(model, labeled(images), transform, severities=(1, 5), progress=False)
+    assert list(results) == list(l06.CORRUPTIONS)
     for by_severity in results.values():
         assert by_severity == {0: pytest.approx(2 / 6), 1: pytest.approx(2 / 6), 5: pytest.approx(2 / 6)}
     clean = model.seen[0]
     assert clean.min() >= -1 and clean.max() <= 1  # normalised by the eval transform
     assert not torch.equal(clean, model.seen[1])  # the first corruption changed the images
     with pytest.raises(ValueError, match="Unknown corruption"):
-        ev.robustness_sweep(model, labeled(images), transform, kinds=("snow",))
+        l06.robustness_sweep(model, labeled(images), transform, kinds=("snow",))
 
 
 def test_robustness_sweep_noise_is_reproducible_with_a_seed():
@@ -425,7 +426,7 @@ def test_robustness_sweep_noise_is_reproducible_with_a_seed():
 
     def noisy_batches(seed):
         model = Recorder()
-        ev.robustness_sweep(model, labeled(images), transform, ("gaussian_noise",), (5,), progress=False, seed=seed)
+        l06.robustness_sweep(model, labeled(images), transform, ("gaussian_noise",), (5,), progress=False, seed=seed)
         return model.seen[1]
 
     first = noisy_batches(seed=7)
@@ -456,24 +457,24 @@ def test_bootstrap_rejects_non_boolean_input():
 
 def test_samples_needed_gives_the_requested_power():
     acc_a, acc_b = 0.80, 0.85
-    n = ev.samples_needed(acc_a, acc_b)
+    n = l06.samples_needed(acc_a, acc_b)
     rng = np.random.default_rng(0)
     hits_a = rng.binomial(n, acc_a, size=4000) / n
     hits_b = rng.binomial(n, acc_b, size=4000) / n
     pooled = (hits_a + hits_b) / 2
     z = (hits_b - hits_a) / np.sqrt(2 * pooled * (1 - pooled) / n)
     assert np.mean(np.abs(z) > 1.96) == pytest.approx(0.8, abs=0.03)
-    assert ev.samples_needed(0.80, 0.90) < n < ev.samples_needed(0.80, 0.82)
-    assert ev.samples_needed(0.80, 0.85, power=0.9) > n
+    assert l06.samples_needed(0.80, 0.90) < n < l06.samples_needed(0.80, 0.82)
+    assert l06.samples_needed(0.80, 0.85, power=0.9) > n
 
 
 def test_samples_needed_rejects_bad_input():
     with pytest.raises(ValueError, match="equal"):
-        ev.samples_needed(0.9, 0.9)
+        l06.samples_needed(0.9, 0.9)
     with pytest.raises(ValueError, match="acc_b"):
-        ev.samples_needed(0.9, 90)
+        l06.samples_needed(0.9, 90)
     with pytest.raises(ValueError, match="power"):
-        ev.samples_needed(0.8, 0.9, power=1.0)
+        l06.samples_needed(0.8, 0.9, power=1.0)
 
 
 # ---------------------------------------------------------------------------- figures
@@ -496,11 +497,11 @@ def test_plot_reliability_and_robustness():
     assert isinstance(fig, Figure) and "ECE = 0.00%" in fig.axes[0].get_title()
 
     results = {"gaussian_noise": {0: 0.9, 1: 0.8, 2: 0.6}, "brightness": {0: 0.9, 1: 0.88, 2: 0.85}}
-    lines = ev.plot_robustness(results).axes[0].get_lines()
+    lines = l06.plot_robustness(results).axes[0].get_lines()
     assert [line.get_label() for line in lines] == ["gaussian_noise", "brightness"]
     np.testing.assert_array_equal(lines[0].get_ydata(), [0.9, 0.8, 0.6])
     with pytest.raises(ValueError, match="got none"):
-        ev.plot_robustness({})
+        l06.plot_robustness({})
 
 
 
@@ -536,7 +537,7 @@ def test_rollout_maps_match_attention_rollout_of_each_image():
     model = tiny_vit(image_size=8, patch_size=2, num_hidden_layers=2, attn_implementation="eager")
     model.train()
     dataset = float_images(count=5)
-    maps = ev.rollout_maps(model, dataset, [3, 1])
+    maps = attention.rollout_maps(model, dataset, [3, 1])
     assert maps.shape == (2, 4, 4) and model.training
     model.eval()
     for position, index in enumerate([3, 1]):
@@ -548,11 +549,11 @@ def test_rollout_maps_match_attention_rollout_of_each_image():
 
 def test_rollout_maps_explain_what_they_need():
     with pytest.raises(ValueError, match="eager"):
-        ev.rollout_maps(tiny_vit(attn_implementation="sdpa"), float_images(), [0])
+        attention.rollout_maps(tiny_vit(attn_implementation="sdpa"), float_images(), [0])
     with pytest.raises(ValueError, match="patch_size"):
-        ev.rollout_maps(PooledLinear(), float_images(), [0])
+        attention.rollout_maps(PooledLinear(), float_images(), [0])
     with pytest.raises(ValueError, match="no indices"):
-        ev.rollout_maps(tiny_vit(attn_implementation="eager"), float_images(), [])
+        attention.rollout_maps(tiny_vit(attn_implementation="eager"), float_images(), [])
 
 
 # ---------------------------------------------------------------------------- cached fine-tune
@@ -565,19 +566,19 @@ def small_settings(model_dir, **overrides):
 
 def test_finetune_key_follows_training_settings_and_model_files(tiny_model_dir):
     settings = small_settings(tiny_model_dir)
-    key = ev.finetune_key(settings)
+    key = train.finetune_key(settings)
     same_training = profiles.Settings(**{**vars(settings), "profile": "cpu", "num_workers": 2, "reason": "other"})
-    assert ev.finetune_key(same_training) == key
-    assert ev.finetune_key(small_settings(tiny_model_dir, lr=5e-4)) != key
-    assert ev.finetune_key(small_settings(tiny_model_dir, train_size=40)) != key
+    assert train.finetune_key(same_training) == key
+    assert train.finetune_key(small_settings(tiny_model_dir, lr=5e-4)) != key
+    assert train.finetune_key(small_settings(tiny_model_dir, train_size=40)) != key
     with open(tiny_model_dir / "config.json", "a") as file:
         file.write("\n")
-    assert ev.finetune_key(settings) != key
+    assert train.finetune_key(settings) != key
 
 
 def test_finetuned_trains_once_then_reuses_the_cache(tiny_model_dir, tmp_path):
     settings, cache = small_settings(tiny_model_dir), tmp_path / "cache"
-    first = ev.finetuned(settings, cache_dir=cache, progress=False)
+    first = train.finetuned(settings, cache_dir=cache, progress=False)
     assert not first.reused and first.folder.parent == cache
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "history.json", "settings.json"} <= {
         path.name for path in first.folder.iterdir()
@@ -587,7 +588,7 @@ def test_finetuned_trains_once_then_reuses_the_cache(tiny_model_dir, tmp_path):
     untrained, _ = models.load_model(str(tiny_model_dir), first.splits.classes)
     original = ev.predict(untrained, first.splits.test, progress=False)
 
-    second = ev.finetuned(settings, cache_dir=cache, attn_implementation="eager", progress=False)
+    second = train.finetuned(settings, cache_dir=cache, attn_implementation="eager", progress=False)
     assert second.reused and second.folder == first.folder and second.history.rows == first.history.rows
     for name, value in first.model.state_dict().items():
         assert torch.equal(value, second.model.state_dict()[name])
@@ -617,7 +618,7 @@ def test_pipeline_from_saved_folder_agrees_with_classify_file(tiny_model_dir, tm
         pixels = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
         path = tmp_path / f"image{seed}.png"
         Image.fromarray(pixels.numpy()).save(path)
-        label, probability = ev.classify_file(model, path, transform)
+        label, probability = export.classify_file(model, path, transform)
         best = classify(str(path), top_k=1)[0]
         assert label in classes and best["label"] == label
         assert best["score"] == pytest.approx(probability, abs=1e-4)
@@ -626,32 +627,32 @@ def test_pipeline_from_saved_folder_agrees_with_classify_file(tiny_model_dir, tm
 def test_throughput_reports_each_batch_size_and_restores_mode():
     model = tiny_vit()
     model.train()
-    speeds = ev.throughput(model, (8, 8), batch_sizes=(1, 4), min_seconds=0.01)
+    speeds = export.throughput(model, (8, 8), batch_sizes=(1, 4), min_seconds=0.01)
     assert list(speeds) == [1, 4] and all(speed > 0 for speed in speeds.values())
     assert model.training
     with pytest.raises(ValueError, match="precision"):
-        ev.throughput(model, (8, 8), precision="int8")
+        export.throughput(model, (8, 8), precision="int8")
     with pytest.raises(ValueError, match="batch_sizes"):
-        ev.throughput(model, (8, 8), batch_sizes=(0,))
+        export.throughput(model, (8, 8), batch_sizes=(0,))
 
 
 def test_size_on_disk_adds_up_every_file(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "a.bin").write_bytes(b"x" * 100)
     (tmp_path / "sub" / "b.json").write_bytes(b"y" * 23)
-    assert ev.size_on_disk(tmp_path) == 123
+    assert export.size_on_disk(tmp_path) == 123
     with pytest.raises(FileNotFoundError, match="save_pretrained"):
-        ev.size_on_disk(tmp_path / "missing")
+        export.size_on_disk(tmp_path / "missing")
 
 
 def test_onnx_export_matches_pytorch_or_says_what_to_install(tmp_path):
     model, images = tiny_vit(), torch.randn(3, 3, 8, 8)
-    if ev.onnx_available():
-        path = ev.export_onnx(model, tmp_path / "model.onnx", images[:2])
-        assert ev.onnx_max_difference(path, model, images) < 1e-4  # a batch size other than the example's
+    if export.onnx_available():
+        path = export.export_onnx(model, tmp_path / "model.onnx", images[:2])
+        assert export.onnx_max_difference(path, model, images) < 1e-4  # a batch size other than the example's
     else:
         with pytest.raises(ModuleNotFoundError, match="pip install onnx"):
-            ev.export_onnx(model, tmp_path / "model.onnx", images)
+            export.export_onnx(model, tmp_path / "model.onnx", images)
 
 
 # ---------------------------------------------------------------------------- exercise checkers
@@ -661,20 +662,20 @@ def test_check_ece_accepts_the_right_value_only(capsys):
     probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.7, 0.3], [0.2, 0.8]])
     labels = np.array([0, 1, 0, 1])
     hand = (abs(1 - 0.9) + abs(0 - 0.6) + abs(1 - 0.7) + abs(1 - 0.8)) / 4  # one image per bin
-    ev.check_ece(hand, probs, labels)
+    l06.check_ece(hand, probs, labels)
     assert capsys.readouterr().out.startswith("Correct:")
     with pytest.raises(AssertionError, match="not the expected value"):
-        ev.check_ece(hand + 0.01, probs, labels)
+        l06.check_ece(hand + 0.01, probs, labels)
     with pytest.raises(AssertionError, match="not the expected value"):
-        ev.check_ece(None, probs, labels)
+        l06.check_ece(None, probs, labels)
 
 
 def test_check_worst_recall_accepts_any_tied_worst_class(capsys):
     report = ev.per_class_report([0, 1, 1, 1, 0, 2], [0, 0, 1, 1, 2, 2], ["a", "b", "c"])  # recalls .5, 1, .5
-    ev.check_worst_recall("a", report)
-    ev.check_worst_recall("c", report)
+    l06.check_worst_recall("a", report)
+    l06.check_worst_recall("c", report)
     assert capsys.readouterr().out.count("Correct:") == 2
     with pytest.raises(AssertionError, match="some class has less"):
-        ev.check_worst_recall("b", report)
+        l06.check_worst_recall("b", report)
     with pytest.raises(AssertionError, match="not a class"):
-        ev.check_worst_recall("z", report)
+        l06.check_worst_recall("z", report)

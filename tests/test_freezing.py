@@ -8,6 +8,7 @@ import torch
 from transformers import ViTConfig, ViTForImageClassification
 
 from helpers import data, freezing, profiles, train
+from helpers.lessons import l02_freezing as l02
 from helpers.train import is_no_decay
 
 DEPTH = 2
@@ -338,12 +339,12 @@ def test_plot_trainable_map_draws_one_row_per_strategy(model):
     shares = {"probe": freezing.trainable_share_by_layer(model)}
     freezing.linear_probe(model)
     shares["linear"] = freezing.trainable_share_by_layer(model)
-    image = freezing.plot_trainable_map(shares).axes[0].images[0]
+    image = l02.plot_trainable_map(shares).axes[0].images[0]
     assert image.get_array().shape == (2, DEPTH + 2)
 
 
 def test_peak_memory_sees_a_large_allocation():
-    with freezing.PeakMemory() as memory:
+    with l02.PeakMemory() as memory:
         block = torch.ones(2**24, device=train.default_device())  # 64 MB, every page touched
         del block
     assert memory.mb > 40
@@ -356,23 +357,23 @@ def test_activation_memory_shrinks_with_freezing(model, images):
     for name, strategy in [("probe", freezing.linear_probe), ("top", lambda m: freezing.freeze_first_blocks(m, 1)),
                            ("full", freezing.full_finetune)]:
         strategy(model)
-        measured[name] = freezing.activation_mb_per_image(model, images, labels)
+        measured[name] = l02.activation_mb_per_image(model, images, labels)
     assert 0 < measured["probe"] < measured["top"] < measured["full"]
     assert all(param.grad is None for param in model.parameters())
 
 
 @pytest.mark.parametrize("epochs, parts, expected", [(15, 3, [5, 5, 5]), (7, 3, [2, 2, 3]), (2, 2, [1, 1])])
 def test_split_epochs_shares_out_every_epoch(epochs, parts, expected):
-    assert freezing.split_epochs(epochs, parts) == expected
+    assert l02.split_epochs(epochs, parts) == expected
 
 
 def test_split_epochs_rejects_fewer_epochs_than_stages():
     with pytest.raises(ValueError, match="1 epoch"):
-        freezing.split_epochs(1, 3)
+        l02.split_epochs(1, 3)
 
 
 def test_default_recipes_prepare_their_strategies(model):
-    recipes = {recipe.name: recipe for recipe in freezing.default_recipes(DEPTH, lora_rank=4)}
+    recipes = {recipe.name: recipe for recipe in l02.default_recipes(DEPTH, lora_rank=4)}
     assert len(recipes) == 7
     prepared = recipes["freeze emb + 1 blocks"].prepare(model)
     assert prepared is model and freezing.trainable_names(model) == freezing.freeze_first_blocks(model, 1)
@@ -382,8 +383,8 @@ def test_default_recipes_prepare_their_strategies(model):
 
 
 def test_run_recipe_measures_and_proves_frozen_parameters():
-    recipe = freezing.Recipe("probe", lambda m: (freezing.linear_probe(m), m)[1], lr_scale=2)
-    result = freezing.run_recipe(recipe, load_tiny, tiny_images(), tiny_images(9, seed=1), SETTINGS, progress=False)
+    recipe = l02.Recipe("probe", lambda m: (freezing.linear_probe(m), m)[1], lr_scale=2)
+    result = l02.run_recipe(recipe, load_tiny, tiny_images(), tiny_images(9, seed=1), SETTINGS, progress=False)
     assert (result.strategy, result.backbone, len(result.history)) == ("probe", "pretrained", SETTINGS.epochs)
     assert result.trainable == sum(p.numel() for p in result.model.classifier.parameters())
     assert result.trainable_percent == pytest.approx(100 * result.trainable / result.total)
@@ -393,8 +394,8 @@ def test_run_recipe_measures_and_proves_frozen_parameters():
 
 
 def test_run_recipe_checks_only_what_stays_frozen_when_layers_thaw():
-    recipe = freezing.Recipe("gradual", lambda m: (freezing.freeze_first_blocks(m, DEPTH), m)[1], unfreeze_stages=2)
-    result = freezing.run_recipe(recipe, load_tiny, tiny_images(), tiny_images(9, seed=1), SETTINGS, progress=False)
+    recipe = l02.Recipe("gradual", lambda m: (freezing.freeze_first_blocks(m, DEPTH), m)[1], unfreeze_stages=2)
+    result = l02.run_recipe(recipe, load_tiny, tiny_images(), tiny_images(9, seed=1), SETTINGS, progress=False)
     assert result.frozen_tensors_checked == 0 and result.trainable == result.total
     assert result.history.column("epoch") == [1, 2]
 
@@ -405,17 +406,17 @@ def test_run_recipe_fails_when_a_frozen_parameter_moves(monkeypatch):
             model.vit.embeddings.cls_token.add_(1.0)
         return freezing.History([dict(epoch=1, train_loss=0.0, val_loss=0.0, val_accuracy=0.5, lr=0.0, seconds=0.1)])
 
-    monkeypatch.setattr(freezing, "fit", leaky_fit)
-    recipe = freezing.Recipe("probe", lambda m: (freezing.linear_probe(m), m)[1])
+    monkeypatch.setattr(l02, "fit", leaky_fit)
+    recipe = l02.Recipe("probe", lambda m: (freezing.linear_probe(m), m)[1])
     with pytest.raises(AssertionError, match="cls_token"):
-        freezing.run_recipe(recipe, load_tiny, tiny_images(), tiny_images(9), SETTINGS, progress=False)
+        l02.run_recipe(recipe, load_tiny, tiny_images(), tiny_images(9), SETTINGS, progress=False)
 
 
 def test_llrd_recipe_gives_fit_decayed_groups_at_the_scaled_lr(monkeypatch):
     calls = []
-    monkeypatch.setattr(freezing, "fit", lambda *args, **kwargs: calls.append(kwargs) or freezing.History())
+    monkeypatch.setattr(l02, "fit", lambda *args, **kwargs: calls.append(kwargs) or freezing.History())
     model = load_tiny()
-    freezing.Recipe("llrd", lambda m: m, lr_scale=2, llrd_decay=0.5).train(model, None, None, SETTINGS)
+    l02.Recipe("llrd", lambda m: m, lr_scale=2, llrd_decay=0.5).train(model, None, None, SETTINGS)
     (kwargs,) = calls
     lr = SETTINGS.lr * 2
     assert kwargs["lr"] == lr
@@ -430,9 +431,9 @@ def test_gradual_unfreezing_recipe_trains_in_stages_and_ends_with_everything(mon
         stages.append((epochs, len(freezing.trainable_names(model))))
         return freezing.History([dict(epoch=e + 1, val_accuracy=0.0, seconds=0.0) for e in range(epochs)])
 
-    monkeypatch.setattr(freezing, "fit", fake_fit)
+    monkeypatch.setattr(l02, "fit", fake_fit)
     model = load_tiny()
-    recipe = freezing.Recipe("gradual", lambda m: m, unfreeze_stages=3)
+    recipe = l02.Recipe("gradual", lambda m: m, unfreeze_stages=3)
     history = recipe.train(model, None, None, dataclasses.replace(SETTINGS, epochs=4))
     assert [epochs for epochs, _ in stages] == [1, 1, 2]
     assert [count for _, count in stages] == sorted(count for _, count in stages)
@@ -440,33 +441,33 @@ def test_gradual_unfreezing_recipe_trains_in_stages_and_ends_with_everything(mon
 
 
 def test_compare_strategies_and_its_table_and_plot():
-    recipes = [freezing.Recipe("probe", lambda m: (freezing.linear_probe(m), m)[1]),
-               freezing.Recipe("full", lambda m: (freezing.full_finetune(m), m)[1])]
+    recipes = [l02.Recipe("probe", lambda m: (freezing.linear_probe(m), m)[1]),
+               l02.Recipe("full", lambda m: (freezing.full_finetune(m), m)[1])]
     settings = dataclasses.replace(SETTINGS, epochs=1)
-    results = freezing.compare_strategies(recipes, load_tiny, tiny_images(), tiny_images(9), settings)
-    results += freezing.compare_strategies(recipes[:1], load_tiny, tiny_images(), tiny_images(9), settings,
+    results = l02.compare_strategies(recipes, load_tiny, tiny_images(), tiny_images(9), settings)
+    results += l02.compare_strategies(recipes[:1], load_tiny, tiny_images(), tiny_images(9), settings,
                                            backbone="random init")
     assert [(r.strategy, r.backbone) for r in results] == [
         ("probe", "pretrained"), ("full", "pretrained"), ("probe", "random init")]
     assert results[0].trainable < results[1].trainable == results[1].total
-    table = freezing.results_table(results, {"pixels": 0.5})
+    table = l02.results_table(results, {"pixels": 0.5})
     assert table.count("\n") == 2 + len(results) and "| pixels | control |" in table and "50.0%" in table
     assert all(line.count("|") == table.splitlines()[0].count("|") for line in table.splitlines())
-    figure = freezing.plot_comparison(results, {"pixels": 0.5})
+    figure = l02.plot_comparison(results, {"pixels": 0.5})
     assert len(figure.axes) == 2 and len(figure.axes[0].patches) == 4  # 2 strategies x 2 backbones
 
 
 def test_describe_regime_follows_the_numbers():
     def result(strategy, backbone, accuracy):
-        return freezing.RunResult(strategy, backbone, 1, 1, 0.0, 0.0, 0.0, 0.0, accuracy, 0, freezing.History(), None)
+        return l02.RunResult(strategy, backbone, 1, 1, 0.0, 0.0, 0.0, 0.0, accuracy, 0, freezing.History(), None)
 
     results = [result("full fine-tune", "pretrained", 0.98), result("full fine-tune", "random init", 0.77)]
-    weak = freezing.describe_regime(results, pixel_accuracy=0.96, probe_accuracy=0.90)
-    strong = freezing.describe_regime(results, pixel_accuracy=0.40, probe_accuracy=0.95)
+    weak = l02.describe_regime(results, pixel_accuracy=0.96, probe_accuracy=0.90)
+    strong = l02.describe_regime(results, pixel_accuracy=0.40, probe_accuracy=0.95)
     assert "Raw pixels" in weak and "backbone itself has to adapt" in weak and "98.0% from the checkpoint" in weak
     assert "Frozen features beat raw pixels" in strong and "Pretraining pays" in strong
     results[0].val_accuracy = 0.5
-    assert "Pretraining did not help" in freezing.describe_regime(results, 0.4, 0.95)
+    assert "Pretraining did not help" in l02.describe_regime(results, 0.4, 0.95)
 
 
 # --- the fast linear probe and the controls -----------------------------------------------------
@@ -504,12 +505,12 @@ def test_fast_linear_probe_matches_training_through_the_frozen_model():
 
 def test_pixel_matrix_and_logistic_regression_on_separable_data():
     dataset = tiny_images(30)
-    pixels = freezing.pixel_matrix(dataset)
+    pixels = l02.pixel_matrix(dataset)
     assert pixels.shape == (30, 3 * IMAGE_SIZE * IMAGE_SIZE) and 0 <= pixels.min() and pixels.max() <= 1
     labels = np.arange(60) % 2
     points = np.random.default_rng(0).normal(size=(60, 5)) + 4 * labels[:, None]
-    assert freezing.logistic_regression_accuracy(points[:40], labels[:40], points[40:], labels[40:]) == 1.0
-    assert freezing.logistic_regression_accuracy(points[:40], labels[:40], points[40:], 1 - labels[40:]) == 0.0
+    assert l02.logistic_regression_accuracy(points[:40], labels[:40], points[40:], labels[40:]) == 1.0
+    assert l02.logistic_regression_accuracy(points[:40], labels[:40], points[40:], 1 - labels[40:]) == 0.0
 
 
 # --- exercise checkers --------------------------------------------------------------------------
@@ -523,23 +524,23 @@ def deeper_model():
 def test_check_last_two_blocks_accepts_the_solution_and_names_the_mistake(capsys):
     model = deeper_model()
     freezing.freeze_first_blocks(model, 2)
-    freezing.check_last_two_blocks(model, freezing.count_parameters(model).percent)
+    l02.check_last_two_blocks(model, freezing.count_parameters(model).percent)
     assert capsys.readouterr().out.startswith("Correct:")
     with pytest.raises(AssertionError, match="trainable_percent"):
-        freezing.check_last_two_blocks(model, freezing.count_parameters(model).trainable)
+        l02.check_last_two_blocks(model, freezing.count_parameters(model).trainable)
     freezing.freeze_first_blocks(model, 3)
     with pytest.raises(AssertionError, match="wrong requires_grad"):
-        freezing.check_last_two_blocks(model, freezing.count_parameters(model).percent)
+        l02.check_last_two_blocks(model, freezing.count_parameters(model).percent)
 
 
 def test_check_llrd_groups_accepts_the_helper_and_names_each_mistake(model, capsys):
     lr, decay = 1e-3, 0.8
-    freezing.check_llrd_groups(freezing.llrd_param_groups(model, lr, decay), model, lr, decay)
+    l02.check_llrd_groups(freezing.llrd_param_groups(model, lr, decay), model, lr, decay)
     assert capsys.readouterr().out.startswith("Correct:")
     params = list(model.parameters())
     with pytest.raises(AssertionError, match="should at"):
-        freezing.check_llrd_groups([{"params": params, "lr": lr}], model, lr, decay)
+        l02.check_llrd_groups([{"params": params, "lr": lr}], model, lr, decay)
     with pytest.raises(AssertionError, match="give every trainable parameter"):
-        freezing.check_llrd_groups([{"params": params[1:], "lr": lr}], model, lr, decay)
+        l02.check_llrd_groups([{"params": params[1:], "lr": lr}], model, lr, decay)
     with pytest.raises(AssertionError, match="two groups"):
-        freezing.check_llrd_groups([{"params": params, "lr": lr}, {"params": params[:1], "lr": lr}], model, lr, decay)
+        l02.check_llrd_groups([{"params": params, "lr": lr}, {"params": params[:1], "lr": lr}], model, lr, decay)

@@ -9,32 +9,34 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import ViTConfig, ViTForImageClassification, ViTModel
 
+from helpers.course import show_code
 from helpers.data import ImageSpec, TensorImages
-from helpers.scratch import (
+from helpers.lessons.l01_vit_theory import (
     MLP,
     MultiHeadAttention,
     PatchEmbedding,
     ScratchViT,
-    as_pair,
     accuracy_by_resolution,
     attention,
-    attention_flops,
     attention_weights,
     budget_table,
     check_attention_head,
     check_token_arithmetic,
     interpolate_position_embeddings,
-    mlp_flops,
     parameter_budget,
     patchify,
     plot_parameter_budget,
     plot_patch_grid,
     plot_token_cost,
-    sequence_length,
-    show_code,
     small_cnn,
     standard_configs,
     transformers_names,
+)
+from helpers.models import (
+    as_pair,
+    attention_flops,
+    mlp_flops,
+    sequence_length,
 )
 
 TINY = dict(image_size=32, patch_size=4, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,

@@ -4,7 +4,8 @@ import pytest
 import torch
 from transformers import ViTConfig, ViTForImageClassification
 
-from helpers import data, profiles, train
+from helpers import data, models, profiles, train
+from helpers.lessons import l05_training as l05
 
 SPEC = data.ImageSpec((16, 16), (0.5,) * 3, (0.5,) * 3)
 
@@ -174,7 +175,7 @@ def test_schedules_shapes_and_run_steps():
     settings = profiles.resolve("smoke", batch_size=16, grad_accum=3, epochs=2, warmup_ratio=0.25)
     assert train.run_steps(100, settings) == train.RunSteps(per_epoch=3, total=6, warmup=2)  # 7 batches -> 3 steps
     assert train.run_steps(100, settings, num_processes=2).per_epoch == 2  # 4 batches per process
-    figure = train.plot_schedules(1e-3, steps)
+    figure = l05.plot_schedules(1e-3, steps)
     assert len(figure.axes[0].lines) == len(train.SCHEDULES)
 
 
@@ -208,7 +209,7 @@ def test_lr_find_leaves_model_optimizer_and_random_state_as_they_were():
     expected_draw = torch.rand(3)
     torch.manual_seed(123)
 
-    finder = train.lr_find(model, bright_or_dark(64), SETTINGS, optimizer=optimizer, num_steps=20, progress=False)
+    finder = l05.lr_find(model, bright_or_dark(64), SETTINGS, optimizer=optimizer, num_steps=20, progress=False)
 
     assert len(finder.lrs) >= 2 and finder.lrs == sorted(finder.lrs)
     assert same_weights(weights(model), before_weights)
@@ -222,7 +223,7 @@ def test_lr_find_leaves_model_optimizer_and_random_state_as_they_were():
 
 
 def test_lr_find_sweeps_geometrically_stops_on_divergence_and_suggests_below_the_minimum():
-    finder = train.lr_find(tiny_vit(), bright_or_dark(64), SETTINGS, start_lr=1e-5, end_lr=1e5, num_steps=40,
+    finder = l05.lr_find(tiny_vit(), bright_or_dark(64), SETTINGS, start_lr=1e-5, end_lr=1e5, num_steps=40,
                            progress=False)
     ratios = [b / a for a, b in zip(finder.lrs, finder.lrs[1:])]
     assert ratios == pytest.approx([(1e10) ** (1 / 39)] * len(ratios))
@@ -234,43 +235,43 @@ def test_lr_find_sweeps_geometrically_stops_on_divergence_and_suggests_below_the
 
 
 def test_check_lr_choice_accepts_a_decade_below_the_minimum_only():
-    finder = train.LRFinderResult(lrs=[1e-4, 1e-3, 1e-2, 1e-1], losses=[2, 1.5, 0.5, 3], smoothed=[2, 1.5, 0.5, 3])
-    assert train.check_lr_choice(finder.suggestion, finder)
+    finder = l05.LRFinderResult(lrs=[1e-4, 1e-3, 1e-2, 1e-1], losses=[2, 1.5, 0.5, 3], smoothed=[2, 1.5, 0.5, 3])
+    assert l05.check_lr_choice(finder.suggestion, finder)
     with pytest.raises(AssertionError, match="too close to the minimum"):
-        train.check_lr_choice(1e-2, finder)
+        l05.check_lr_choice(1e-2, finder)
     with pytest.raises(AssertionError, match="more than 30 times below"):
-        train.check_lr_choice(1e-5, finder)
+        l05.check_lr_choice(1e-5, finder)
     with pytest.raises(AssertionError, match="positive number"):
-        train.check_lr_choice(None, finder)
+        l05.check_lr_choice(None, finder)
 
 
 # ---------------------------------------------------------------- gradient accumulation
 def test_four_micro_batches_of_16_give_the_gradient_of_one_batch_of_64():
     model = tiny_vit()
     images, labels = next(iter(data.make_loader(bright_or_dark(64), 64)))
-    whole = train.gradients(model, images, labels)
-    accumulated = train.gradients(model, images, labels, micro_batches=4)
+    whole = l05.gradients(model, images, labels)
+    accumulated = l05.gradients(model, images, labels, micro_batches=4)
     assert whole.keys() == accumulated.keys() and len(whole) == len(list(model.parameters()))
-    assert train.max_difference(whole, accumulated) < 1e-6
-    first_quarter = train.gradients(model, images[:16], labels[:16])
-    assert train.max_difference(whole, first_quarter) > 1e-4  # one micro-batch alone is not the same
+    assert l05.max_difference(whole, accumulated) < 1e-6
+    first_quarter = l05.gradients(model, images[:16], labels[:16])
+    assert l05.max_difference(whole, first_quarter) > 1e-4  # one micro-batch alone is not the same
     assert all(p.grad is None for p in model.parameters()) and model.training
     with pytest.raises(ValueError, match="micro_batches"):
-        train.gradients(model, images, labels, micro_batches=0)
+        l05.gradients(model, images, labels, micro_batches=0)
 
 
 def test_check_accumulation():
-    assert train.check_accumulation(8, 64)
-    assert train.check_accumulation(2, 64, num_processes=4)
+    assert l05.check_accumulation(8, 64)
+    assert l05.check_accumulation(2, 64, num_processes=4)
     with pytest.raises(AssertionError, match="not 512"):
-        train.check_accumulation(4, 64)
+        l05.check_accumulation(4, 64)
 
 
 # ---------------------------------------------------------------- early stopping and the best epoch
 def scripted_validation(monkeypatch, accuracies):
     """Make fit() see these validation accuracies, epoch after epoch."""
     scores = iter(accuracies)
-    monkeypatch.setattr(train, "validate", lambda model, loader, accelerator: (1.0, next(scores)))
+    monkeypatch.setattr(train.loop, "validate", lambda model, loader, accelerator: (1.0, next(scores)))
 
 
 def test_early_stopping_waits_patience_epochs_after_the_best(monkeypatch):
@@ -362,14 +363,14 @@ def test_throughput_measure_leaves_the_model_alone_and_memory_grows_with_the_bat
     assert same_weights(weights(model), before)
     assert small.images_per_second > 0 and (small.peak_gpu_mib is None) == (not torch.cuda.is_available())
     assert 3 < large.saved_for_backward_mib / small.saved_for_backward_mib < 5
-    assert len(train.plot_throughput([small, large]).axes) == 2
-    assert train.throughput_table([small, large]).count("\n| ") == 2
+    assert len(l05.plot_throughput([small, large]).axes) == 2
+    assert l05.throughput_table([small, large]).count("\n| ") == 2
 
 
 def test_training_flops_of_vit_b16_match_the_published_count():
     from transformers import ViTConfig
 
-    assert train.training_flops_per_image(ViTConfig()) == pytest.approx(105.5e9, rel=0.002)
+    assert models.training_flops_per_image(ViTConfig()) == pytest.approx(105.5e9, rel=0.002)
 
 
 def test_compiled_fit_saves_plain_checkpoints(tmp_path):
@@ -388,11 +389,11 @@ def test_trainer_equivalent_learns_and_never_passes_labels_to_the_model(tmp_path
     model.register_forward_pre_hook(
         lambda module, args, kwargs: pytest.fail("labels= reached the model") if "labels" in kwargs else None,
         with_kwargs=True)
-    history = train.fit_with_trainer(model, bright_or_dark(96), bright_or_dark(32, seed=1), SETTINGS, tmp_path,
+    history = l05.fit_with_trainer(model, bright_or_dark(96), bright_or_dark(32, seed=1), SETTINGS, tmp_path,
                                      epochs=4, progress=False)
     assert history.column("epoch") == [1, 2, 3, 4] and history.rows[-1]["val_accuracy"] == 1.0
     assert not model.training
-    table = train.side_by_side({"fit": history, "Trainer": history})
+    table = l05.side_by_side({"fit": history, "Trainer": history})
     assert table.count("\n") == 5 and "| 4 | 1.0000 | 1.0000 |" in table
 
 
@@ -419,4 +420,4 @@ def test_bad_training_settings_say_what_is_wrong(override, message):
 ])
 def test_bad_lr_find_settings_say_what_is_wrong(override, message):
     with pytest.raises(ValueError, match=message):
-        train.lr_find(tiny_vit(), bright_or_dark(8), SETTINGS, progress=False, **override)
+        l05.lr_find(tiny_vit(), bright_or_dark(8), SETTINGS, progress=False, **override)
