@@ -36,3 +36,15 @@ def load_bench():
         spec.loader.exec_module(module)
         return module
     return load
+
+
+@pytest.fixture
+def not_yet(capsys):
+    """`not_yet(checker, *args)`: the one line an exercise checker prints for a wrong answer (it must return False)."""
+    def run(check, *args, **kwargs) -> str:
+        capsys.readouterr()
+        assert check(*args, **kwargs) is False, f"{check.__name__} accepted a wrong answer"
+        printed = capsys.readouterr().out
+        assert printed.startswith(("Not yet: ", "Not answered yet")) and printed.count("\n") == 1, printed
+        return printed
+    return run

@@ -1,3 +1,4 @@
+import re
 import dataclasses
 
 import pytest
@@ -87,13 +88,12 @@ def test_mix_batch_gives_soft_targets_matching_the_images(alphas):
     assert l04.check_labels_valid(mix, num_classes=10)
 
 
-def test_check_labels_valid_catches_labels_out_of_step_with_images():
+def test_check_labels_valid_catches_labels_out_of_step_with_images(not_yet):
     def mixes_images_only(images, labels):
         return 0.5 * (images + images.roll(1, 0)), labels
 
     assert l04.check_labels_valid(lambda images, labels: (images, labels))
-    with pytest.raises(AssertionError, match="do not match"):
-        l04.check_labels_valid(mixes_images_only)
+    assert re.search("do not match", not_yet(l04.check_labels_valid, mixes_images_only))
 
 
 def test_mix_batch_rejects_uint8_images():
@@ -159,7 +159,7 @@ def test_cutmix_box_covers_one_minus_lam_of_the_image():
     assert l04.check_cutmix_box(augment.cutmix_box)
 
 
-def test_check_cutmix_box_rejects_wrong_samplers():
+def test_check_cutmix_box_rejects_wrong_samplers(not_yet):
     def area_lam(h, w, lam, generator):
         return augment.cutmix_box(h, w, 1 - lam, generator)
 
@@ -167,10 +167,8 @@ def test_check_cutmix_box_rejects_wrong_samplers():
         x1, y1, x2, y2 = augment.cutmix_box(h, w, lam, generator)
         return 0, 0, x2 - x1, y2 - y1
 
-    with pytest.raises(AssertionError, match="area"):
-        l04.check_cutmix_box(area_lam)
-    with pytest.raises(AssertionError, match="same place"):
-        l04.check_cutmix_box(always_top_left)
+    assert re.search("area", not_yet(l04.check_cutmix_box, area_lam))
+    assert re.search("same place", not_yet(l04.check_cutmix_box, always_top_left))
 
 
 def test_gallery_has_augmix_and_color_jitter_on_uint8():

@@ -1,3 +1,4 @@
+import re
 import os
 import pickle
 import sys
@@ -394,13 +395,11 @@ def dedupe_then_split(dataset, seed):
     return data.split_dataset(deduplicated(dataset), "deduplicated", seed)
 
 
-def test_clean_split_checker_accepts_a_right_answer_and_names_each_mistake(capsys):
+def test_clean_split_checker_accepts_a_right_answer_and_names_each_mistake(capsys, not_yet):
     assert l03.check_clean_split(dedupe_then_split)
     assert "Correct" in capsys.readouterr().out
-    with pytest.raises(AssertionError, match="in two splits|same image twice"):
-        l03.check_clean_split(lambda d, seed: data.split_dataset(d, "raw", seed))
-    with pytest.raises(AssertionError, match="same splits"):
-        l03.check_clean_split(lambda d, seed: dedupe_then_split(d, 0))
+    assert re.search("in two splits|same image twice", not_yet(l03.check_clean_split, lambda d, seed: data.split_dataset(d, "raw", seed)))
+    assert re.search("same splits", not_yet(l03.check_clean_split, lambda d, seed: dedupe_then_split(d, 0)))
 
     def cut_in_label_order(dataset, seed):
         unique = deduplicated(dataset)
@@ -408,11 +407,10 @@ def test_clean_split_checker_accepts_a_right_answer_and_names_each_mistake(capsy
         cuts = [0, int(0.7 * len(order)), int(0.85 * len(order)), len(order)]
         return data.Splits(*(unique.subset(order[a:b]) for a, b in zip(cuts, cuts[1:])), unique.classes)
 
-    with pytest.raises(AssertionError, match="stratify=labels"):
-        l03.check_clean_split(cut_in_label_order)
+    assert re.search("stratify=labels", not_yet(l03.check_clean_split, cut_in_label_order))
 
 
-def test_channel_stats_checker_accepts_the_reference_and_names_common_mistakes():
+def test_channel_stats_checker_accepts_the_reference_and_names_common_mistakes(not_yet):
     assert l03.check_channel_stats(data.channel_mean_std)
 
     def on_255_scale(dataset):
@@ -423,10 +421,8 @@ def test_channel_stats_checker_accepts_the_reference_and_names_common_mistakes()
         images = torch.stack([dataset.image(i) for i in range(len(dataset))]).double() / 255
         return images.mean((0, 2, 3)).tolist(), images.std((2, 3), correction=0).mean(0).tolist()
 
-    with pytest.raises(AssertionError, match="0-255 scale"):
-        l03.check_channel_stats(on_255_scale)
-    with pytest.raises(AssertionError, match="average of per-image stds"):
-        l03.check_channel_stats(mean_of_per_image_stds)
+    assert re.search("0-255 scale", not_yet(l03.check_channel_stats, on_255_scale))
+    assert re.search("average of per-image stds", not_yet(l03.check_channel_stats, mean_of_per_image_stds))
 
 
 def test_loader_batches_are_stacked_tensors():

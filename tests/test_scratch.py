@@ -1,3 +1,4 @@
+import re
 import matplotlib
 
 matplotlib.use("Agg")
@@ -331,7 +332,7 @@ CONFIG = dict(image_size=336, patch_size=14, hidden_size=1024)
 
 
 def test_check_token_arithmetic_accepts_the_right_answer(capsys):
-    check_token_arithmetic(577, 8 * 577 * 1024**2 + 4 * 577**2 * 1024, **CONFIG)
+    assert check_token_arithmetic(577, 8 * 577 * 1024**2 + 4 * 577**2 * 1024, **CONFIG)
     assert capsys.readouterr().out.startswith("Correct: 577 tokens")
 
 
@@ -344,14 +345,13 @@ def test_check_token_arithmetic_accepts_the_right_answer(capsys):
     (577, 8 * 577 * 1024**2, "weighted sum of V"),
     (577, 1e9, "is not the cost of one attention layer"),
 ])
-def test_check_token_arithmetic_names_the_mistake(tokens, flops, message):
-    with pytest.raises(AssertionError, match=message):
-        check_token_arithmetic(tokens, flops, **CONFIG)
+def test_check_token_arithmetic_names_the_mistake(tokens, flops, message, not_yet):
+    assert re.search(message, not_yet(check_token_arithmetic, tokens, flops, **CONFIG))
 
 
 def test_check_attention_head_accepts_correct_heads(capsys):
-    check_attention_head(attention)
-    check_attention_head(F.scaled_dot_product_attention)
+    assert check_attention_head(attention)
+    assert check_attention_head(F.scaled_dot_product_attention)
     assert capsys.readouterr().out.count("Correct") == 2
 
 
@@ -362,6 +362,5 @@ def test_check_attention_head_accepts_correct_heads(capsys):
     (lambda q, k, v: (q @ k.transpose(-2, -1) / 16).softmax(-1) @ v, "differs from softmax"),
     (lambda q, k, v: None, "must return a tensor"),
 ])
-def test_check_attention_head_names_the_mistake(attend, message):
-    with pytest.raises(AssertionError, match=message):
-        check_attention_head(attend)
+def test_check_attention_head_names_the_mistake(attend, message, not_yet):
+    assert re.search(message, not_yet(check_attention_head, attend))

@@ -1,3 +1,4 @@
+import re
 import copy
 
 import pytest
@@ -234,15 +235,12 @@ def test_lr_find_sweeps_geometrically_stops_on_divergence_and_suggests_below_the
     assert len(finder.plot().axes[0].lines) == 4
 
 
-def test_check_lr_choice_accepts_a_decade_below_the_minimum_only():
+def test_check_lr_choice_accepts_a_decade_below_the_minimum_only(not_yet):
     finder = l05.LRFinderResult(lrs=[1e-4, 1e-3, 1e-2, 1e-1], losses=[2, 1.5, 0.5, 3], smoothed=[2, 1.5, 0.5, 3])
     assert l05.check_lr_choice(finder.suggestion, finder)
-    with pytest.raises(AssertionError, match="too close to the minimum"):
-        l05.check_lr_choice(1e-2, finder)
-    with pytest.raises(AssertionError, match="more than 30 times below"):
-        l05.check_lr_choice(1e-5, finder)
-    with pytest.raises(AssertionError, match="positive number"):
-        l05.check_lr_choice(None, finder)
+    assert re.search("too close to the minimum", not_yet(l05.check_lr_choice, 1e-2, finder))
+    assert re.search("more than 30 times below", not_yet(l05.check_lr_choice, 1e-5, finder))
+    assert re.search("Not answered yet", not_yet(l05.check_lr_choice, None, finder))
 
 
 # ---------------------------------------------------------------- gradient accumulation
@@ -260,11 +258,10 @@ def test_four_micro_batches_of_16_give_the_gradient_of_one_batch_of_64():
         l05.gradients(model, images, labels, micro_batches=0)
 
 
-def test_check_accumulation():
+def test_check_accumulation(not_yet):
     assert l05.check_accumulation(8, 64)
     assert l05.check_accumulation(2, 64, num_processes=4)
-    with pytest.raises(AssertionError, match="not 512"):
-        l05.check_accumulation(4, 64)
+    assert re.search("not 512", not_yet(l05.check_accumulation, 4, 64))
 
 
 # ---------------------------------------------------------------- early stopping and the best epoch

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import math
 
+from helpers.course.checks import checker
 
+
+@checker
 def check_standard_error(your_value: float, accuracy: float, test_images: int) -> bool:
     """Exercise checker: `your_value` must be the standard error of `accuracy` measured on `test_images` images."""
     if not isinstance(your_value, (int, float)) or not math.isfinite(your_value) or your_value <= 0:

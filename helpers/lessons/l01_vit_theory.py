@@ -25,6 +25,7 @@ from transformers import ViTConfig, ViTForImageClassification
 
 from helpers import widgets
 from helpers.attention import attention_map, model_attentions, overlay
+from helpers.course.checks import checker
 from helpers.data.transforms import ImageSpec
 from helpers.models import as_pair, attention_flops, grid_size, mlp_flops, sequence_length
 from helpers.plots import as_displayable
@@ -568,6 +569,7 @@ def small_cnn(num_classes: int, num_channels: int = 3, width: int = 32) -> nn.Se
     return nn.Sequential(*stages, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
 
 
+@checker
 def check_token_arithmetic(tokens: int, flops: float, *, image_size: int | Sequence[int], patch_size: int,
                            hidden_size: int) -> None:
     """Check the sequence length and the FLOPs of one attention layer for a square-patch ViT config."""
@@ -593,6 +595,7 @@ def check_token_arithmetic(tokens: int, flops: float, *, image_size: int | Seque
           f"{4 * tokens**2 * hidden_size / flops:.0%} of it in the N² part.")
 
 
+@checker
 def check_attention_head(attend) -> None:
     """Check a function `attend(q, k, v)` that computes one head of scaled dot-product attention."""
     generator = torch.Generator().manual_seed(0)

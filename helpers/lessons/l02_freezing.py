@@ -26,6 +26,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 from tqdm.auto import tqdm
 
+from helpers.course.checks import checker
 from helpers.data.loaders import make_loader
 from helpers.freezing import (
     DEFAULT_LR_DECAY,
@@ -368,6 +369,7 @@ def logistic_regression_accuracy(train_x, train_y, val_x, val_y, max_iter: int =
     return float(classifier.score(np.asarray(val_x), np.asarray(val_y)))
 
 
+@checker
 def check_last_two_blocks(model: nn.Module, trainable_percent: float) -> None:
     """Checker: only the last two encoder blocks and the head train, and `trainable_percent` says how much."""
     depth = depth_of(model)
@@ -386,6 +388,7 @@ def check_last_two_blocks(model: nn.Module, trainable_percent: float) -> None:
     print(f"Correct: the last two blocks and the head train, {expected:.2f}% of the parameters.")
 
 
+@checker
 def check_llrd_groups(groups: list[dict], model: nn.Module, lr: float, decay: float) -> None:
     """Checker: each trainable parameter in exactly one group, at lr * decay ** (its depth from the top)."""
     depth = depth_of(model)

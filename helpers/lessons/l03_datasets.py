@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from helpers.course.checks import checker
 from helpers.data.folders import image_files
 from helpers.data.images import LabeledImages, TensorImages
 from helpers.data.loaders import make_loader
@@ -221,6 +222,7 @@ def dataset_with_duplicates(seed: int = 0) -> TensorImages:
     return TensorImages(torch.cat([images, images[copied]]), labels + copy_labels, ["a", "b", "c", "d"])
 
 
+@checker
 def check_clean_split(make_splits) -> bool:
     """Exercise checker for `make_splits(dataset, seed) -> Splits`: True, or AssertionError saying what is wrong."""
     dataset = dataset_with_duplicates()
@@ -264,6 +266,7 @@ def split_hashes(splits: Splits) -> dict[str, list[str]]:
             for name in SPLIT_NAMES}
 
 
+@checker
 def check_channel_stats(channel_stats) -> bool:
     """Exercise checker for `channel_stats(dataset) -> (mean, std)`, 3 numbers each on the [0, 1] scale."""
     generator = torch.Generator().manual_seed(0)

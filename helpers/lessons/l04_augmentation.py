@@ -12,6 +12,7 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from helpers import evaluate, models, train, widgets
+from helpers.course.checks import checker
 from helpers.data.augment import PRESETS, BatchTransform, BoxSampler, _randaugment, build, check_preset, strengths
 from helpers.data.images import LabeledImages
 from helpers.data.loaders import make_loader
@@ -37,6 +38,7 @@ def gallery_transforms(spec: ImageSpec, magnitude: float = 0.5) -> dict[str, v2.
     }
 
 
+@checker
 def check_cutmix_box(sampler: BoxSampler) -> bool:
     """Exercise checker for a CutMix box sampler like `cutmix_box`: True, or AssertionError saying what is wrong."""
     generator = torch.Generator().manual_seed(0)
@@ -57,6 +59,7 @@ def check_cutmix_box(sampler: BoxSampler) -> bool:
     return True
 
 
+@checker
 def check_labels_valid(batch_transform: BatchTransform, num_classes: int = 10, batch_size: int = 8,
                        trials: int = 20) -> bool:
     """Exercise checker for a batch transform: True, or AssertionError saying what is wrong.

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from helpers.course.checks import checker
 from helpers.profiles import Settings
 from helpers.train.checkpoint import left_as_it_was
 from helpers.train.history import History
@@ -57,6 +58,7 @@ def plot_schedules(lr: float, steps: RunSteps, schedules=SCHEDULES):
     return fig
 
 
+@checker
 def check_lr_choice(lr: float, finder: LRFinderResult) -> bool:
     """Exercise checker: True when `lr` is a sound pick from the range test, else AssertionError saying why.
 
@@ -109,6 +111,7 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
     return max(float((a[name] - b[name]).abs().max()) for name in a)
 
 
+@checker
 def check_accumulation(grad_accum: int, batch_size: int, target: int = 512, num_processes: int = 1) -> bool:
     """Exercise checker: True when `grad_accum` micro-batches of `batch_size` on `num_processes` processes
     make an effective batch of `target`, else AssertionError saying what is wrong."""

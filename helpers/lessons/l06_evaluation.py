@@ -15,6 +15,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
+from helpers.course.checks import checker
 from helpers.evaluate.calibration import expected_calibration_error
 from helpers.evaluate.metrics import ClassReport, _check_open_unit, accuracy
 from helpers.evaluate.predict import TTA_MODES, TTA_VIEWS, Predictions, predict
@@ -220,6 +221,7 @@ def plot_robustness(results: dict[str, dict[int, float]]) -> Figure:
     return fig
 
 
+@checker
 def check_ece(your_ece: float, probs, labels, n_bins: int = 15) -> None:
     """Checker: ``your_ece`` must match ``expected_calibration_error(probs, labels, n_bins)``."""
     expected = expected_calibration_error(probs, labels, n_bins)
@@ -231,6 +233,7 @@ def check_ece(your_ece: float, probs, labels, n_bins: int = 15) -> None:
     print(f"Correct: ECE = {expected:.4f}, the same as helpers.evaluate.expected_calibration_error.")
 
 
+@checker
 def check_worst_recall(your_class, report: ClassReport) -> None:
     """Checker: ``your_class`` (a class name) must have the lowest recall in ``report`` (any class tied for it)."""
     worst = min(row.recall for row in report.classes)

@@ -1,0 +1,30 @@
+"""Exercise checkers that answer in one plain line: right, or what is wrong with a hint; never a traceback."""
+from __future__ import annotations
+
+import functools
+
+UNANSWERED = "Not answered yet: write your solution in the exercise cell above, run it, then run this cell again."
+
+
+def checker(check):
+    """Turn `check(answer, ...)`, which raises AssertionError(hint) on a wrong answer and prints its own
+    'Correct: ...' line on a right one, into an exercise checker for a notebook: it returns True or False and
+    prints one line, 'Not yet: <hint>' on a wrong answer and `UNANSWERED` while the answer is still the
+    student copy's stub (None, or a function that raises NotImplementedError)."""
+
+    @functools.wraps(check)
+    def answer(*args, **kwargs):
+        if args and args[0] is None:
+            print(UNANSWERED)
+            return False
+        try:
+            check(*args, **kwargs)
+        except NotImplementedError:
+            print(UNANSWERED)
+            return False
+        except AssertionError as hint:
+            print(f"Not yet: {hint}")
+            return False
+        return True
+
+    return answer
