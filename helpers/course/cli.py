@@ -1,9 +1,12 @@
-"""The command line: `python -m helpers.course run | outputs | student`.
+"""The command line: `python -m helpers.course COMMAND ...`.
 
     python -m helpers.course run                       # every notebook, default profile -> build/
     python -m helpers.course run 02_freezing -p epochs 3 --profile cpu
     python -m helpers.course outputs                   # refresh the committed outputs (cpu profile)
     python -m helpers.course student --out build/student  # copies without solutions, for a workshop
+
+Each command is a small class in `COMMANDS`: a name, a help line, `add_arguments(parser)` and
+`run(args) -> exit status`. A `ValueError` from a command becomes one `error:` line and exit status 2.
 """
 from __future__ import annotations
 
@@ -13,40 +16,70 @@ from pathlib import Path
 
 from helpers import profiles
 from helpers.course.notebook import BUILD
-from helpers.course.runner import parse_overrides, refresh_outputs, run, summary_table
+from helpers.course.runner import Result, parse_overrides, refresh_outputs, run, summary_table
 from helpers.course.student import make_student_copies
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.course", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    run_parser = commands.add_parser("run", help="execute notebooks headless into build/ with a summary")
-    run_parser.add_argument("notebooks", nargs="*", help="notebook names (default: all, in order)")
-    run_parser.add_argument("--profile", default="auto", choices=profiles.PROFILE_NAMES)
-    run_parser.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                            help="override one setting, e.g. -p epochs 3")
-    run_parser.add_argument("--out", type=Path, default=BUILD)
-    outputs_parser = commands.add_parser("outputs", help="refresh the committed outputs (cpu profile)")
-    outputs_parser.add_argument("notebooks", nargs="*")
-    student_parser = commands.add_parser("student", help="student copies: solutions removed, outputs cleared")
-    student_parser.add_argument("notebooks", nargs="*")
-    student_parser.add_argument("--out", type=Path, default=BUILD / "student")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "run":
-            results = run(args.notebooks, args.profile, parse_overrides(args.param), args.out)
-            print(f"\nsummary written to {args.out / 'summary.md'}\n\n{summary_table(results)}")
-        elif args.command == "student":
-            written = make_student_copies(args.out, args.notebooks)
-            print(f"{len(written)} student notebooks written to {args.out}")
-            return 0
-        else:
-            results = refresh_outputs(args.notebooks)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+def exit_status(results: list[Result]) -> int:
+    """0 when every notebook ran, else 1 after naming the ones that failed."""
     failed = [r.notebook for r in results if not r.ok]
     if failed:
         print(f"\n{len(failed)} notebook(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+class RunCommand:
+    name, help = "run", "execute notebooks headless into build/ with a summary"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("notebooks", nargs="*", help="notebook names (default: all, in order)")
+        parser.add_argument("--profile", default="auto", choices=profiles.PROFILE_NAMES)
+        parser.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                            help="override one setting, e.g. -p epochs 3")
+        parser.add_argument("--out", type=Path, default=BUILD)
+
+    def run(self, args) -> int:
+        results = run(args.notebooks, args.profile, parse_overrides(args.param), args.out)
+        print(f"\nsummary written to {args.out / 'summary.md'}\n\n{summary_table(results)}")
+        return exit_status(results)
+
+
+class OutputsCommand:
+    name, help = "outputs", "refresh the committed outputs (cpu profile)"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("notebooks", nargs="*")
+
+    def run(self, args) -> int:
+        return exit_status(refresh_outputs(args.notebooks))
+
+
+class StudentCommand:
+    name, help = "student", "student copies: solutions removed, outputs cleared"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("notebooks", nargs="*")
+        parser.add_argument("--out", type=Path, default=BUILD / "student")
+
+    def run(self, args) -> int:
+        written = make_student_copies(args.out, args.notebooks)
+        print(f"{len(written)} student notebooks written to {args.out}")
+        return 0
+
+
+COMMANDS = [RunCommand(), OutputsCommand(), StudentCommand()]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers.course", description=__doc__.split("\n")[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.add_arguments(subparsers.add_parser(command.name, help=command.help))
+    args = parser.parse_args(argv)
+    command = next(c for c in COMMANDS if c.name == args.command)
+    try:
+        return command.run(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
