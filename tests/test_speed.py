@@ -1,10 +1,11 @@
-"""The memory `fit()`'s step takes, and the kit's measurement of it."""
+"""The memory `fit()`'s step takes and the kit's measurement of it; the device input path never waits for the GPU."""
 import gc
 import weakref
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import ViTConfig, ViTForImageClassification
 
 from helpers import data, models, profiles, train
@@ -13,6 +14,24 @@ NEEDS_GPU = pytest.mark.skipif(
     not torch.cuda.is_available(),
     reason="needs a CUDA GPU: run in the GPU session (see bench/gpu_throughput.py's docstring)")
 SPEC = data.ImageSpec((32, 32), (0.5,) * 3, (0.25,) * 3)
+
+
+class OperatorLog(TorchDispatchMode):
+    """The name of every tensor operation run inside the block."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def device_images(count: int = 64, size: int = 16) -> train.DeviceImages:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, generator=generator)
+    return train.DeviceImages(images, [i % 10 for i in range(count)], SPEC, augment=True)
 
 
 def test_counting_saved_tensors_leaves_none_of_them_alive():
@@ -26,6 +45,50 @@ def test_counting_saved_tensors_leaves_none_of_them_alive():
     del images
     gc.collect()
     assert saved > 0 and input_alive() is None
+
+
+def test_a_prepared_batch_copies_nothing_from_the_host_but_its_indices():
+    # A tensor made from Python values on a GPU is a copy the CPU waits for (mean and std were, every batch).
+    dataset = device_images()
+    dataset.batch([0, 1])  # the normalisation's constants are made once, here
+    with OperatorLog() as log:
+        images, labels = dataset.batch([3, 5, 7])
+    assert log.names.count("aten.lift_fresh.default") == 1, log.names
+    assert images.shape == (3, 3, 32, 32) and labels.tolist() == [3, 5, 7]
+
+
+@NEEDS_GPU
+def test_preparing_batches_on_the_gpu_never_waits_for_it():
+    dataset = device_images()
+    dataset.batch([0, 1])
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for images, labels in dataset.loader(16, shuffle_generator=torch.Generator().manual_seed(0)):
+            pass
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert images.is_cuda and labels.is_cuda
+
+
+@NEEDS_GPU
+def test_the_training_step_never_waits_for_the_gpu():
+    # Clipping, fused AdamW and the loss stay on the GPU: the CPU queues step after step without a sync.
+    settings = profiles.resolve("gpu", precision="bf16", batch_size=16)
+    accelerator = train.make_accelerator(settings)
+    model = ViTForImageClassification(models.tiny_vit_config(10))
+    optimizer = train.make_optimizer("adamw", train.parameter_groups(model, settings.weight_decay), settings.lr)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    scheduler = train.make_scheduler(optimizer, "warmup_cosine", 2, 8)
+    batches = list(device_images().loader(16))
+    step = lambda batch: train.train_step(model, *batch, optimizer, scheduler, accelerator,  # noqa: E731
+                                          settings.max_grad_norm)
+    step(batches[0])
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        losses = [step(batch) for batch in batches[1:]]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(losses) == 3 and all(loss.is_cuda for loss in losses)
 
 
 @NEEDS_GPU
