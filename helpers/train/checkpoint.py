@@ -11,6 +11,7 @@ import contextlib
 import copy
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -260,7 +261,9 @@ def reading(file: Path):
 
 
 def first_line(error: BaseException) -> str:
-    """`TypeName: first line of the message`, for a one-sentence report of `error` (lesson 05)."""
+    """`TypeName: what went wrong` in a few words, for a one-sentence report of `error` (lesson 05)."""
+    if isinstance(error, pickle.UnpicklingError):  # torch's weights_only refusal: several sentences, with colours
+        return f"{type(error).__name__}: it holds Python objects, not only tensors and numbers, and is not unpickled"
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
 

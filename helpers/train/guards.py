@@ -82,12 +82,17 @@ def require_finite(loss: torch.Tensor, accelerator) -> None:
         raise NonFiniteLoss(f"The training loss is {value}.")
 
 
-def diverged(error: NonFiniteLoss, epoch: int, settings, last_checkpoint: Path | None) -> FloatingPointError:
+def diverged(error: NonFiniteLoss, epoch: int, settings, checkpoint_dir: Path | None,
+             last_checkpoint: Path | None) -> FloatingPointError:
     """The one sentence `fit()` stops with when the loss is not finite: where, what is kept, what to try (lesson 05)."""
-    kept = (f"the last good checkpoint, {last_checkpoint}, is kept" if last_checkpoint is not None
-            else "no checkpoint of this run was written")
+    if checkpoint_dir is None:
+        kept, reuse = "nothing was saved (no checkpoint_dir)", ""
+    else:
+        kept = (f"the last good checkpoint, {last_checkpoint}, is kept" if last_checkpoint is not None
+                else "no checkpoint of this run was written")
+        reuse = ", with overwrite=True to reuse the folder"
     return FloatingPointError(
         f"{str(error).rstrip('.')} in epoch {epoch}, so training stopped before that step and {kept}: train again "
         f"with a lower lr (now {settings.lr:g}) or with gradient clipping (max_grad_norm, now "
-        f"{settings.max_grad_norm}), with overwrite=True to reuse the folder."
+        f"{settings.max_grad_norm}){reuse}."
     )

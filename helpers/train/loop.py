@@ -190,7 +190,7 @@ def train_epochs(run: Run, best: BestWeights, batch_transform, stop_after, patie
                                          settings, batch_transform, f"epoch {epoch + 1}/{settings.epochs}", progress)
         except NonFiniteLoss as error:
             last = latest_checkpoint(run.checkpoint_dir) if run.history.rows and run.checkpoint_dir else None
-            raise diverged(error, epoch + 1, settings, last) from None
+            raise diverged(error, epoch + 1, settings, run.checkpoint_dir, last) from None
         val_loss, val_accuracy = validate(run.model, run.val_loader, accelerator)
         run.history.rows.append(dict(
             epoch=epoch + 1, train_loss=train_loss, val_loss=val_loss, val_accuracy=val_accuracy,
