@@ -72,8 +72,10 @@ def resume_problems(saved: dict, current: dict, epochs_done: int) -> list[str]:
     if not saved:
         return ["its manifest holds no fingerprint of the run"]
     differing = [name for name, value in current.items() if name != "epochs" and saved.get(name) != value]
-    if {"lr", "weight_decay"} & set(differing) and "parameter_groups" in differing:
-        differing.remove("parameter_groups")  # the groups' lr and weight decay follow these settings
+    for cause, consequence in (("lr", "parameter_groups"), ("weight_decay", "parameter_groups"),
+                               ("train_images", "train_data")):
+        if cause in differing and consequence in differing:
+            differing.remove(consequence)  # said already: the groups follow lr and weight decay, the data its size
     problems = [describe(name, saved.get(name), current[name]) for name in differing]
     if current["epochs"] < epochs_done:
         problems.append(f"it has already trained {epochs_done} epochs, more than epochs={current['epochs']}")
