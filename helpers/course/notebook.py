@@ -6,7 +6,7 @@ from pathlib import Path
 
 import nbformat
 
-from helpers import profiles
+from helpers import caches, profiles
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,13 +23,20 @@ RECORD_KEY = "course_record"
 def start(profile: str = "auto", overrides: dict | None = None) -> profiles.Settings:
     """Resolve the notebook's settings, print the environment report, and record the profile.
 
-    Also turns on inline figures (so a returned matplotlib Figure shows, headless too) and
+    In the gpu profile the settings follow the plan for this GPU (`profiles.follow_device_plan`); on
+    stand-ins (`prefetch --stand-in`) a banner comes first. Also turns on inline figures (so a returned matplotlib Figure shows, headless too) and
     quiets transformers' own load logs: the kit prints its own load report where it matters.
     """
     prepare_notebook_display()
-    settings = profiles.resolve(profile, **(overrides or {}))
+    overrides = overrides or {}
+    settings = profiles.resolve(profile, **overrides)
+    settings = profiles.follow_device_plan(settings, [name for name, value in overrides.items() if value is not None])
+    stand_ins = caches.stand_ins_in_use(settings.model_name, settings.dataset_name)
+    if stand_ins:
+        print(caches.stand_in_banner(stand_ins))
     print(profiles.environment_report(settings))
-    record(profile=settings.profile, model=settings.model_name, dataset=settings.dataset_name)
+    record(profile=settings.profile, model=settings.model_name, dataset=settings.dataset_name,
+           **({"stand_in": True} if stand_ins else {}))
     return settings
 
 

@@ -22,6 +22,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from helpers.data.loaders import make_loader
+from helpers.hardware import enable_gradient_checkpointing, precision_for, read_device
 from helpers.profiles import Settings
 from helpers.train.checkpoint import BestWeights, load_checkpoint, save_checkpoint
 from helpers.train.device_images import DeviceImages
@@ -48,16 +49,11 @@ def logits_of(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 def mixed_precision_for(settings: Settings) -> tuple[str, str]:
-    """The autocast mode `fit()` uses here ('no', 'bf16' or 'fp16') and why (lesson 05)."""
+    """The autocast mode `fit()` uses here ('no', 'bf16' or 'fp16') and why: bf16 only where the GPU computes
+    it natively, fp16 with a gradient scaler on compute capability 7.x (`hardware.precision_for`) (lesson 05)."""
     if not torch.cuda.is_available():
         return "no", "no CUDA GPU: a CPU gains nothing from bf16 autocast here, so training stays in float32"
-    if settings.precision == "no":
-        return "no", "precision='no' was asked for: float32 on the GPU"
-    if settings.precision == "bf16" and not torch.cuda.is_bf16_supported():
-        return "fp16", "this GPU has no bf16: fp16 autocast, with a gradient scaler against underflow"
-    if settings.precision == "fp16":
-        return "fp16", "fp16 autocast, with a gradient scaler against underflow"
-    return "bf16", "bf16 autocast: float32's range, no gradient scaler needed; weights and optimizer stay float32"
+    return precision_for(read_device(), settings.precision)
 
 
 def make_accelerator(settings: Settings) -> Accelerator:
@@ -102,9 +98,12 @@ def fit(
     improved for n epochs; `restore_best=True` ends with the weights of the best epoch (also
     written to `checkpoint_dir/best` when there is one). `torch_compile=True` compiles the
     model with torch.compile (or give a backend name, e.g. 'aot_eager'). Datasets may be
-    `DeviceImages` (batches prepared on the GPU).
+    `DeviceImages` (batches prepared on the GPU). `gradient_checkpointing=True` (a setting) recomputes
+    activations in the backward pass to save memory (transformers models only).
     """
     settings = dataclasses.replace(settings, **overrides)
+    if settings.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError("The training and validation sets must each hold at least one image.")
     if resume and checkpoint_dir is None:
@@ -200,8 +199,8 @@ def train_step(model, images, targets, optimizer, scheduler, accelerator, max_gr
             accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if accelerator.sync_gradients and scheduler is not None:
-            scheduler.step()
+        if accelerator.sync_gradients and scheduler is not None and not accelerator.optimizer_step_was_skipped:
+            scheduler.step()  # fp16: the gradient scaler skips a step with inf/NaN gradients, the schedule waits
     return loss.detach()
 
 
