@@ -110,7 +110,7 @@ def load_model_with_report(name: str, labels, *, random_init: bool = False, attn
                 report = LoadReport(f"{name} (config only, random init)", ["all weights"], [], [])
             else:
                 model, info = AutoModelForImageClassification.from_pretrained(
-                    source, **label_kwargs, **hub_kwargs, **attn_kwargs,
+                    source, **label_kwargs, **hub_kwargs, **attn_kwargs, **offline_adapter_kwargs(hub_kwargs),
                     ignore_mismatched_sizes=True, output_loading_info=True,
                 )
                 report = LoadReport(
@@ -132,6 +132,12 @@ def load_model_with_report(name: str, labels, *, random_init: bool = False, attn
         ) from None
     report.stand_in = (Path(source) / STAND_IN_MARKER).is_file() if local else model_status(name) == "stand-in"
     return model, processor, report
+
+
+def offline_adapter_kwargs(hub_kwargs: dict) -> dict:
+    """Offline, keep transformers' look for a PEFT adapter off the network too (it ignores `local_files_only`
+    and retries for about 25 s before giving up) (lesson 00)."""
+    return {"adapter_kwargs": dict(hub_kwargs)} if hub_kwargs.get("local_files_only") else {}
 
 
 def load_model(name: str, labels, *, random_init: bool = False, attn_implementation: str | None = None):

@@ -4,13 +4,13 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-from transformers import ViTForImageClassification, ViTImageProcessor
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub reads it on import
 
-from helpers import models
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import ViTForImageClassification, ViTImageProcessor  # noqa: E402
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from helpers import models  # noqa: E402
 
 
 @pytest.fixture

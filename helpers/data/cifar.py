@@ -103,8 +103,12 @@ def download_file(url: str, destination: Path, md5: str, *, timeout: float = 60)
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         resumed = have > 0 and response.status == 206
+        expected = int(response.headers.get("Content-Length", -1)) + (have if resumed else 0)
         with open(part, "ab" if resumed else "wb") as file:
             shutil.copyfileobj(response, file, 1 << 20)
+    if 0 <= expected != part.stat().st_size:
+        raise ConnectionError(f"The download of {url} stopped after {part.stat().st_size:,} of {expected:,} bytes: "
+                              "run the command again and it resumes there.")
     if file_md5(part) != md5:
         part.unlink()
         raise ValueError(f"The download of {url} does not match its published md5: run the command again.")

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from helpers import models
+from helpers.caches import stand_ins_in_use
 from helpers.data.datasets import load_dataset
 from helpers.data.splits import Splits
 from helpers.data.transforms import ImageSpec, eval_transform
@@ -47,6 +48,9 @@ def finetune_key(settings: Settings) -> str:
     if local:
         files = sorted(path for path in Path(source).rglob("*") if path.is_file())
         values["model_files"] = {str(path.relative_to(source)): _file_digest(path) for path in files}
+    stand_ins = stand_ins_in_use(settings.model_name, settings.dataset_name)
+    if stand_ins:  # a fine-tune of stand-ins is not reused once the real model or data is here
+        values["stand_ins"] = stand_ins
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
