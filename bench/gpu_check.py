@@ -2,8 +2,9 @@
 cards simulated by capping the memory, end-to-end images/s against the training step alone, every notebook in the
 gpu profile, and the test suite.
 
-    python bench/gpu_check.py --out $OUT                        # on the GPU machine (about 8 minutes)
-    python bench/gpu_check.py --out $OUT --only suite,capped-notebooks --budget 300   # what a first run left
+    python bench/gpu_check.py --out $OUT                        # on the GPU machine, at most 7 minutes
+    python bench/gpu_check.py --out $OUT --only notebooks,suite,capped-notebooks --notebooks 05_training,06_evaluation
+                                                                # what a first run left (the log names it)
     python bench/gpu_check.py --tiny --out /tmp/gpu-check       # the same stages on a CPU at tiny sizes
 
 Everything runs offline on stand-ins (`prefetch --stand-in`) in a scratch HF_HOME / COURSE_DATA / HOME, so no
@@ -29,7 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_NAMES = ["00_setup", "01_vit_theory", "02_freezing", "03_datasets", "04_augmentation", "05_training",
                   "06_evaluation"]
 TRAINING_CALLS = re.compile(r"\b(fit|finetuned|compare_strategies|run_ablation|lr_find|fit_with_trainer)\(")
+EVALUATION_CALLS = re.compile(r"\b(predict|accuracy_of|accuracy_by_resolution|compare_tta|robustness_sweep)\(")
 FULL_TRAIN_IMAGES = 45_000  # CIFAR-10's training split in the kit (10% of 50,000 is validation)
+FULL_TEST_IMAGES = 10_000
 # stage: (seconds it may take on the GPU, on a CPU with --tiny)
 STAGES = {
     "env": (40, 120), "stand-ins": (90, 120), "memory": (100, 300), "capped": (90, 300),
@@ -249,28 +252,37 @@ def gpu_memory_sampler(samples: list) -> threading.Event:
 
 
 def stage_notebook(tiny: bool) -> dict:
-    """One notebook (NOTEBOOK in the environment) in the gpu profile; wall time, GPU memory, per-cell times."""
+    """One notebook (NOTEBOOK in the environment) in the gpu profile on a subset: wall time, GPU memory, and the
+    full run extrapolated from the cells' own times (training cells scaled to 45,000 images, evaluation cells to
+    10,000)."""
     import nbformat
+    import torch
 
-    from helpers import course
+    from helpers import course, hardware
 
     name = os.environ["NOTEBOOK"]
-    train_size = 200 if tiny else 1024
-    overrides = {"epochs": 1, "train_size": train_size, "eval_size": 100 if tiny else 256}
+    train_size, eval_size = (200, 100) if tiny else (1024, 256)
+    overrides = {"train_size": train_size, "eval_size": eval_size, **({"epochs": 1, "batch_size": 64} if tiny else {})}
     output = Path(os.environ["SCRATCH"]) / "notebooks" / f"{name}.ipynb"
     samples: list[float] = []
     stop = gpu_memory_sampler(samples)
     result = course.execute(ROOT / "notebooks" / f"{name}.ipynb", output, {"profile": "gpu", "overrides": overrides})
     stop.set()
     cells = nbformat.read(output, as_version=4).cells if output.exists() else []
-    timed = [(cell.metadata.get("papermill", {}).get("duration") or 0.0, bool(TRAINING_CALLS.search(cell.source)))
-             for cell in cells if cell.cell_type == "code"]
-    training = sum(seconds for seconds, trains in timed if trains)
-    scale = FULL_TRAIN_IMAGES / train_size * 3  # the gpu profile trains 3 epochs on all 45,000 images
-    estimate = result.seconds - training + training * scale
+    timed = []  # (seconds on the subset, factor to the full run)
+    for cell in cells:
+        factor = 1.0
+        if TRAINING_CALLS.search(cell.source):
+            factor = FULL_TRAIN_IMAGES / train_size * (3 if tiny else 1)  # tiny runs 1 epoch of the profile's 3
+        elif EVALUATION_CALLS.search(cell.source):
+            factor = FULL_TEST_IMAGES / eval_size
+        timed.append((cell.metadata.get("papermill", {}).get("duration") or 0.0, factor))
+    outside_cells = result.seconds - sum(seconds for seconds, _ in timed)  # the kernel's start, papermill
+    full_run = outside_cells + sum(seconds * factor for seconds, factor in timed)
     row = {"notebook": name, "ok": result.ok, "error": result.error, "seconds": result.seconds,
-           "training_cell_seconds": training, "full_run_estimate_minutes": estimate / 60,
-           "gpu_memory_peak_mib": max(samples) if samples else None, "records": result.records}
+           "full_run_estimate_minutes": full_run / 60,
+           "gpu_memory_peak_mib": max(samples) if samples else None, "device": str(hardware.read_device()),
+           "torch": torch.__version__, "overrides": overrides, "records": result.records}
     log(json.dumps(row, default=str))
     return row
 
@@ -310,15 +322,20 @@ def run_stage(name: str, args, environment: dict, limit: float, extra: dict | No
 
 
 def notebook_table(rows: list[dict]) -> str:
-    lines = ["| notebook | ok | wall time (subset) | training cells | full-run estimate | GPU memory peak |",
+    rows = [row for row in rows if "notebook" in row]
+    if not rows:
+        return "(no notebook ran)"
+    first = rows[0]
+    lines = [f"gpu profile on {first['device']}, torch {first['torch']}, overrides {first['overrides']}; the full "
+             "run is extrapolated from the subset (training cells x 45,000 / train_size, evaluation cells x "
+             "10,000 / eval_size), GPU memory as nvidia-smi reports it (CUDA context included).", "",
+             "| notebook | ok | wall time (subset) | full run (extrapolated) | GPU memory peak | memory cap |",
              "|---|---|---|---|---|---|"]
     for row in rows:
-        if "notebook" not in row:
-            continue
         memory = f"{row['gpu_memory_peak_mib'] / 1024:.1f} GiB" if row.get("gpu_memory_peak_mib") else "-"
-        lines.append(f"| {row['notebook']} | {'yes' if row['ok'] else 'NO: ' + row['error'][:200]} | "
-                     f"{row['seconds']:.0f} s | {row['training_cell_seconds']:.0f} s | "
-                     f"{row['full_run_estimate_minutes']:.1f} min | {memory} |")
+        lines.append(f"| {row['notebook']} | {'yes' if row['ok'] else 'NO: ' + row['error'][:300]} | "
+                     f"{row['seconds']:.0f} s | {row['full_run_estimate_minutes']:.1f} min | {memory} | "
+                     f"{row.get('COURSE_GPU_MEMORY_GB', '-')} |")
     return "\n".join(lines)
 
 
@@ -333,7 +350,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "build/gpu-check")))
     parser.add_argument("--tiny", action="store_true", help="tiny sizes, for a CPU")
     parser.add_argument("--only", default="", help=f"comma-separated stages of {', '.join(STAGES)}")
-    parser.add_argument("--budget", type=float, default=None, help="seconds for the whole run (default 480; tiny 3000)")
+    parser.add_argument("--budget", type=float, default=None, help="seconds for the whole run (default 420; tiny 3000)")
+    parser.add_argument("--notebooks", default=",".join(NOTEBOOK_NAMES), help="the notebooks stage runs these")
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -349,7 +367,7 @@ def main(argv=None) -> int:
                    "HOME": str(scratch / "home"), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
                    "SCRATCH": str(scratch), "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
                                                                                           os.environ.get("PYTHONPATH")]))}
-    budget = args.budget or (3000 if args.tiny else 480)
+    budget = args.budget or (3000 if args.tiny else 420)
     deadline = time.perf_counter() + budget
     chosen = [s for s in STAGES if not args.only or s in args.only.split(",")]
     results_path = args.out / "gpu_check.json"
@@ -370,13 +388,15 @@ def main(argv=None) -> int:
             results[stage] = [run_stage("capped", args, environment, min(limit, left) / 2,
                                         {"COURSE_GPU_MEMORY_GB": str(gb)}) for gb in (24, 16)]
         elif stage in ("notebooks", "capped-notebooks"):
-            runs = ([(name, {}) for name in NOTEBOOK_NAMES] if stage == "notebooks" else
-                    [(name, {"COURSE_GPU_MEMORY_GB": str(gb)}) for gb in (24, 16) for name in heaviest_notebooks(results)])
+            runs = ([(name, {}) for name in args.notebooks.split(",")] if stage == "notebooks" else
+                    [(name, {"COURSE_GPU_MEMORY_GB": str(gb)}) for gb in (24, 16)
+                     for name in heaviest_notebooks(results)])
             results[stage] = []
             for name, extra in runs:
                 left = deadline - time.perf_counter()
-                if left < 30:
-                    log(f"{name} {extra}: SKIPPED, out of time")
+                if left < 45:
+                    log(f"{name} {extra}: SKIPPED, out of time; rerun with --only {stage}"
+                        + (f" --notebooks {name}" if stage == "notebooks" else ""))
                     continue
                 row = run_stage("notebook", args, environment, min(limit / 2, left), {"NOTEBOOK": name, **extra})
                 results[stage].append({**row, **extra})

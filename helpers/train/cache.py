@@ -20,6 +20,7 @@ from helpers.data.splits import Splits
 from helpers.data.transforms import ImageSpec, eval_transform
 from helpers.profiles import Settings, device_name
 from helpers.train.history import History
+from helpers.train.inputs import fit_inputs
 from helpers.train.loop import fit
 
 FINETUNED_CACHE = Path.home() / ".cache" / "vit-course" / "finetuned"
@@ -94,8 +95,8 @@ def finetuned(
 def _train_into(folder: Path, settings: Settings, splits: Splits, progress: bool) -> None:
     """Fine-tune and save into ``folder``, written under a temporary name first so a finished folder is complete."""
     model, processor = models.load_model(settings.model_name, splits.classes)
-    ready = splits.with_transforms(eval_transform(ImageSpec.from_processor(processor)))
-    history = fit(model, ready.train, ready.val, settings, progress=progress)
+    inputs = fit_inputs(splits, ImageSpec.from_processor(processor), settings)  # on the GPU where they fit
+    history = fit(model, inputs.train, inputs.val, settings, progress=progress)
     staging = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
