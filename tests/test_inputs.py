@@ -48,3 +48,11 @@ def test_device_batches_match_the_cpu_transform_for_evaluation():
     images, labels = on_card.val.batch([0, 1, 2])
     assert torch.allclose(images, torch.stack([on_cpu.val[i][0] for i in range(3)]), atol=1e-5)
     assert labels.tolist() == [on_cpu.val[i][1] for i in range(3)]
+
+
+def test_fit_loader_workers_end_with_each_pass_while_the_loader_lives():
+    import psutil
+
+    loader = train.loader_for(splits().with_transforms(data.eval_transform(SPEC)).train, 16, num_workers=2)
+    assert sum(len(images) for images, _ in loader) == 100
+    assert psutil.Process().children() == []  # a kernel that keeps `loader` alive keeps no worker processes

@@ -167,10 +167,12 @@ def maybe_compile(model: torch.nn.Module, torch_compile: bool | str) -> torch.nn
 def loader_for(dataset, batch_size: int, *, shuffle_generator: torch.Generator | None = None,
                num_workers: int = 0):
     """The DataLoader `fit()` uses: `DeviceImages` serve whole batches themselves, other datasets go through
-    `helpers.data.make_loader` (lesson 05)."""
+    `helpers.data.make_loader` (lesson 05). Its workers end with each pass: in a Jupyter kernel the persistent
+    workers of a finished `fit()` lived on until garbage collection, and the next loader's forked workers died."""
     if isinstance(dataset, DeviceImages):
         return dataset.loader(batch_size, shuffle_generator=shuffle_generator)
-    return make_loader(dataset, batch_size, shuffle_generator=shuffle_generator, num_workers=num_workers)
+    return make_loader(dataset, batch_size, shuffle_generator=shuffle_generator, num_workers=num_workers,
+                       persistent_workers=False)
 
 
 def run_train_epoch(model, loader, optimizer, scheduler, accelerator, settings, batch_transform,
