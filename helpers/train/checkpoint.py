@@ -129,8 +129,9 @@ def load_checkpoint(directory, accelerator, model, optimizer, scheduler) -> tupl
 @contextlib.contextmanager
 def left_as_it_was(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None):
     """Train freely inside the block; afterwards the model's weights and train/eval modes, the optimizer's state
-    and learning rates, and the random generators are as they were before, and no gradients are left (lesson 05)."""
-    saved_weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    and learning rates, and the random generators are as they were before, and no gradients are left (lesson 05).
+    The weights wait in CPU memory, so the block has all of the GPU's memory to itself."""
+    saved_weights = {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
     saved_modes = {module: module.training for module in model.modules()}
     saved_optimizer = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
     saved_rng = rng_state()

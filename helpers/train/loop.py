@@ -19,12 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.utils import compile_regions
 from tqdm.auto import tqdm
 
 from helpers.data.loaders import make_loader
 from helpers.hardware import enable_gradient_checkpointing, precision_for, read_device
 from helpers.profiles import Settings
-from helpers.train.checkpoint import BestWeights, load_checkpoint, save_checkpoint
+from helpers.train.checkpoint import BestWeights, load_checkpoint, plain_model, save_checkpoint
 from helpers.train.device_images import DeviceImages
 from helpers.train.history import History
 from helpers.train.optim import make_optimizer, make_scheduler, parameter_groups, run_steps
@@ -82,7 +83,7 @@ def fit(
     schedule: str = "warmup_cosine",
     patience: int | None = None,
     restore_best: bool = False,
-    torch_compile: bool | str = False,
+    torch_compile: bool | str = "auto",
     **overrides,
 ) -> History:
     """Train `model` on `train_set`, validating on `val_set` after each epoch; return the History (lesson 05).
@@ -97,7 +98,8 @@ def fit(
     'constant' (all after the warmup). `patience=n` stops once validation accuracy has not
     improved for n epochs; `restore_best=True` ends with the weights of the best epoch (also
     written to `checkpoint_dir/best` when there is one). `torch_compile=True` compiles the
-    model with torch.compile (or give a backend name, e.g. 'aot_eager'). Datasets may be
+    model with torch.compile (or give a backend name, e.g. 'aot_eager'); the default 'auto'
+    compiles on a GPU only when `COMPILE_ON_GPU` says so (see `maybe_compile`). Datasets may be
     `DeviceImages` (batches prepared on the GPU). `gradient_checkpointing=True` (a setting) recomputes
     activations in the backward pass to save memory (transformers models only).
     """
@@ -154,14 +156,43 @@ def fit(
     if restore_best and history.epochs_since_best() > 0:
         best.restore(model)
     model.eval()
+    plain_model(accelerator, model).eval()  # the user's own module too: a compiled model may be a copy around it
     return history
 
 
-def maybe_compile(model: torch.nn.Module, torch_compile: bool | str) -> torch.nn.Module:
-    """`model` itself (False), compiled with inductor (True), or compiled with the backend named (lesson 05)."""
+COMPILE_ON_GPU = False
+"""Whether `fit()`'s default (`torch_compile="auto"`) compiles on a CUDA GPU (a CPU always trains eagerly).
+Decided by a GPU run of `bench/gpu_throughput.py`: True once its "kit compiled" row beats "kit eager"."""
+
+
+def compile_backend(torch_compile: bool | str, device: torch.device) -> str | None:
+    """The torch.compile backend `fit(torch_compile=...)` uses on `device`, or None for eager (lesson 05):
+    True is inductor, a string names the backend, 'auto' follows `COMPILE_ON_GPU` on a GPU."""
+    if torch_compile == "auto":
+        torch_compile = COMPILE_ON_GPU and torch.device(device).type == "cuda"
     if not torch_compile:
+        return None
+    return "inductor" if torch_compile is True else torch_compile
+
+
+def maybe_compile(model: torch.nn.Module, torch_compile: bool | str) -> torch.nn.Module:
+    """`model` itself when `compile_backend` says eager, else `model` compiled region by region (lesson 05).
+
+    Each encoder layer is compiled on its own, and one graph serves all of them; the modules around
+    the layers are compiled too, while the model's own forward runs eagerly (PyTorch's regional
+    compilation, by `accelerate.utils.compile_regions`; a model without repeated blocks is compiled
+    whole). That forward is where transformers builds the attention mask: traced whole, it became an
+    all-true mask in every layer (transformers 5.17; later ones under torch < 2.14), and
+    `scaled_dot_product_attention` given a mask cannot use flash attention. Shapes stay static: a
+    smaller last batch gets graphs of its own, up to torch's limit of 8 per function, beyond which
+    that shape runs eagerly. The result is a copy of the outer modules around the same parameters;
+    `plain_model` returns the original.
+    """
+    parameter = next(model.parameters(), None)
+    backend = compile_backend(torch_compile, parameter.device if parameter is not None else "cpu")
+    if backend is None:
         return model
-    return torch.compile(model, backend="inductor" if torch_compile is True else torch_compile)
+    return compile_regions(model, backend=backend, dynamic=False)
 
 
 def loader_for(dataset, batch_size: int, *, shuffle_generator: torch.Generator | None = None,
