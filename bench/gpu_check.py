@@ -126,7 +126,8 @@ def measure_peak(tiny: bool, micro: int, precision: str, checkpointing: bool = F
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}[precision]
     dataset = train.DeviceImages(images, torch.randint(0, 10, (len(images),)).tolist(), spec, augment=True,
                                  dtype=dtype)
-    result = train.measure_training_throughput(model, dataset, settings, batch_size=micro, steps=3, warmup_steps=1)
+    result = train.measure_training_throughput(model, dataset, settings, batch_size=micro, steps=3, warmup_steps=1,
+                                               torch_compile=False)
     shape = hardware.model_shape(config)
     used = train.mixed_precision_for(settings)[0]
     predicted = hardware.training_peak_bytes(shape, micro, used, gradient_checkpointing=checkpointing,
@@ -147,34 +148,10 @@ def measure_peak(tiny: bool, micro: int, precision: str, checkpointing: bool = F
     return row
 
 
-def bare_loop_peak(tiny: bool, micro: int) -> float | None:
-    """Peak GPU MiB of a plain PyTorch loop (autocast bf16, fused AdamW) on the same model, for comparison."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    _, new_model, images, spec, train = model_and_images(tiny)
-    model = new_model().cuda().train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    batch = train.prepare_batch(images[:micro].cuda(), spec, augment=True, dtype=torch.bfloat16)
-    labels = torch.randint(0, 10, (micro,), device="cuda")
-    torch.cuda.reset_peak_memory_stats()
-    for _ in range(3):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = torch.nn.functional.cross_entropy(model(batch).logits.float(), labels)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    peak = torch.cuda.max_memory_allocated() / 2**20
-    log(f"bare PyTorch loop, micro-batch {micro}, bf16: peak {peak:,.0f} MiB")
-    return peak
-
-
 def stage_memory(tiny: bool) -> dict:
     runs = [(8, "bf16"), (16, "bf16"), (16, "no"), (16, "bf16", True)] if tiny else [
         (32, "bf16"), (64, "bf16"), (128, "bf16"), (256, "bf16"), (128, "fp16"), (64, "no"), (256, "bf16", True)]
-    rows = [measure_peak(tiny, *run) for run in runs]
-    return {"runs": rows, "bare_loop_peak_mib": bare_loop_peak(tiny, 16 if tiny else 256)}
+    return {"runs": [measure_peak(tiny, *run) for run in runs]}
 
 
 def stage_capped(tiny: bool) -> dict:
@@ -198,16 +175,19 @@ def stage_throughput(tiny: bool) -> dict:
     from helpers import data, models, profiles, train
 
     command = [sys.executable, str(ROOT / "bench" / "gpu_throughput.py"), "--no-compile"]
-    bench = subprocess.run(command + (["--tiny"] if tiny else ["--steps", "20"]), capture_output=True, text=True,
-                           cwd=ROOT)
+    bench = subprocess.run(command + (["--tiny"] if tiny else ["--steps", "20", "--budget-s", "80"]),
+                           capture_output=True, text=True, cwd=ROOT)
     log(bench.stdout + bench.stderr[-2000:])
-    step_only = float(re.search(r"^eager\s+([\d,.]+) images/s", bench.stdout, re.M).group(1).replace(",", ""))
+    rows = {name: (float(speed.replace(",", "")), float(peak) if peak else None) for name, speed, peak in re.findall(
+        r"^(\w+ eager)\s+([\d,.]+) images/s.*?(?:peak\s+([\d.]+) GiB)?", bench.stdout, re.M)}
+    step_only = rows["kit eager"][0]
     overrides = {"epochs": 1, **({"train_size": 400, "eval_size": 100, "batch_size": 16} if tiny else {})}
     settings = profiles.follow_device_plan(profiles.resolve("gpu", **overrides), list(overrides))
     splits = data.load_dataset("cifar10", seed=0, train_size=settings.train_size, eval_size=settings.eval_size)
     model, processor = models.load_model(settings.model_name, splits.classes)
     spec = data.ImageSpec.from_processor(processor)
-    result = {"train_step_only_images_per_second": step_only, "settings": settings.reason.split("\n")[1:]}
+    result = {"train_step_only_images_per_second": step_only, "bench_rows": rows,
+              "settings": settings.reason.split("\n")[1:]}
     for label, inputs in (("device", train.fit_inputs(splits, spec, settings)),
                           ("workers", train.fit_inputs(splits, spec, settings, device=models_cpu_device()))):
         if label == "workers":  # a tenth of the data is enough to time the CPU pipeline

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import ViTConfig, ViTForImageClassification
 
-from helpers import hardware, models, profiles, train
+from helpers import data, hardware, models, profiles, train
 from helpers.hardware import GIB, VIT_B16, Device
 from helpers.train.speed import saved_for_backward_bytes
 
@@ -149,8 +149,6 @@ def test_memory_model_matches_what_autograd_saves(two_layer_vit_b, precision, ch
 
 
 def test_gradient_checkpointing_through_fit_gives_the_same_training(tiny_model_dir):
-    from helpers import data
-
     splits = data.load_dataset("digits", train_size=64, eval_size=32)
     settings = profiles.resolve("smoke", batch_size=16)
     histories = []
@@ -165,3 +163,22 @@ def test_gradient_checkpointing_through_fit_gives_the_same_training(tiny_model_d
 def test_gradient_checkpointing_needs_a_transformers_model():
     with pytest.raises(ValueError, match="needs a transformers model"):
         hardware.enable_gradient_checkpointing(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: run by bench/gpu_check.py's suite stage")
+@pytest.mark.parametrize("micro, checkpointing", [(64, False), (64, True)])
+def test_memory_model_predicts_the_measured_peak_on_a_gpu(micro, checkpointing):
+    torch.manual_seed(0)
+    model = ViTForImageClassification(ViTConfig(num_labels=10))
+    if checkpointing:
+        hardware.enable_gradient_checkpointing(model)
+    images = torch.randint(0, 256, (1024, 3, 32, 32), dtype=torch.uint8)
+    dataset = train.DeviceImages(images, [i % 10 for i in range(1024)],
+                                 data.ImageSpec((224, 224), (0.5,) * 3, (0.5,) * 3), augment=True)
+    settings = profiles.resolve("gpu")
+    result = train.measure_training_throughput(model, dataset, settings, batch_size=micro, steps=3, warmup_steps=1,
+                                               torch_compile=False)
+    precision = train.mixed_precision_for(settings)[0]
+    predicted = hardware.training_peak_bytes(VIT_B16, micro, precision, gradient_checkpointing=checkpointing,
+                                             resident_bytes=images.numel()) / 2**20
+    assert abs(result.peak_gpu_mib / predicted - 1) <= 0.15, (result.peak_gpu_mib, predicted)
