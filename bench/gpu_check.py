@@ -12,6 +12,22 @@ download is needed and nothing of the machine's own caches is touched. Each stag
 a time limit; a stage that no longer fits in `--budget` seconds is skipped and named in the log, for an `--only`
 run to take up. Written to `--out`: gpu_check.log (all output), gpu_check.json (each stage's numbers),
 notebooks.md (per notebook: wall time, GPU memory, the runtime extrapolated to the full dataset) and suite.xml.
+
+The GPU machine's image has torch, transformers, accelerate, peft, timm, pytest(-xdist, -timeout) but not the
+notebook runner: bring bench/gpu_wheels.txt as wheels. Here, in the checkout the device tool sends:
+
+    echo /.whl/ >> .git/info/exclude
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        --platform any -d .whl -r bench/gpu_wheels.txt
+
+then on the machine (carry .whl; timeout_s 570), and while it is still warm the second part:
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+      && export PYTHONPATH=/tmp/site GPU_CHECK_SCRATCH=/tmp/gpu-check \
+      && timeout 540 python3 bench/gpu_check.py --out $OUT --budget 420
+    export PYTHONPATH=/tmp/site GPU_CHECK_SCRATCH=/tmp/gpu-check && timeout 400 python3 bench/gpu_check.py \
+      --out $OUT --budget 380 --only notebooks,suite,capped-notebooks --notebooks <those the first log skipped>
 """
 from __future__ import annotations
 
