@@ -359,6 +359,7 @@ def main(argv=None) -> int:
         return 0
 
     scratch = Path(os.environ.get("GPU_CHECK_SCRATCH") or tempfile.mkdtemp(prefix="gpu-check-"))
+    (scratch / "home").mkdir(parents=True, exist_ok=True)
     environment = {**os.environ, "HF_HOME": str(scratch / "hf"), "COURSE_DATA": str(scratch / "data"),
                    "HOME": str(scratch / "home"), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
                    "SCRATCH": str(scratch), "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
