@@ -23,6 +23,7 @@ from transformers import (
 )
 from transformers.utils import logging as transformers_logging
 
+from helpers.caches import STAND_IN_MARKER, model_status
 from helpers.profiles import is_online
 
 ASSETS = Path(__file__).parent / "assets"
@@ -51,9 +52,11 @@ class LoadReport:
     new: list[str]
     resized: list[str]
     unused: list[str]
+    stand_in: bool = False  # random weights written by `prefetch --stand-in`: accuracy with it means nothing
 
     def __str__(self) -> str:
-        lines = [f"loaded from {self.source}"]
+        lines = [f"loaded from {self.source}" + (" (a STAND-IN: random weights with the real shapes)"
+                                                 if self.stand_in else "")]
         lines.append(f"  new, randomly initialised: {', '.join(self.new) or 'none'}")
         if self.resized:
             lines.append(f"  re-initialised (shape changed): {', '.join(self.resized)}")
@@ -107,7 +110,7 @@ def load_model_with_report(name: str, labels, *, random_init: bool = False, attn
                 report = LoadReport(f"{name} (config only, random init)", ["all weights"], [], [])
             else:
                 model, info = AutoModelForImageClassification.from_pretrained(
-                    source, **label_kwargs, **hub_kwargs, **attn_kwargs,
+                    source, **label_kwargs, **hub_kwargs, **attn_kwargs, **offline_adapter_kwargs(hub_kwargs),
                     ignore_mismatched_sizes=True, output_loading_info=True,
                 )
                 report = LoadReport(
@@ -127,7 +130,14 @@ def load_model_with_report(name: str, labels, *, random_init: bool = False, attn
             f"Model {name!r} is not in the local cache and the hub cannot be reached: connect once to download it, "
             "point HF_HOME at a prefetched cache, or use model 'tiny-vit'."
         ) from None
+    report.stand_in = (Path(source) / STAND_IN_MARKER).is_file() if local else model_status(name) == "stand-in"
     return model, processor, report
+
+
+def offline_adapter_kwargs(hub_kwargs: dict) -> dict:
+    """Offline, keep transformers' look for a PEFT adapter off the network too (it ignores `local_files_only`
+    and retries for about 25 s before giving up) (lesson 00)."""
+    return {"adapter_kwargs": dict(hub_kwargs)} if hub_kwargs.get("local_files_only") else {}
 
 
 def load_model(name: str, labels, *, random_init: bool = False, attn_implementation: str | None = None):

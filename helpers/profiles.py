@@ -13,6 +13,8 @@ import platform
 import socket
 from dataclasses import dataclass, field
 
+from helpers import caches, hardware
+
 PROFILE_NAMES = ("smoke", "cpu", "gpu", "auto")
 GPU_MODEL = "google/vit-base-patch16-224-in21k"
 HUB_HOST = "huggingface.co"
@@ -50,6 +52,7 @@ class Settings:
     precision: str = "no"  # "no" | "bf16" | "fp16"
     seed: int = 0
     num_workers: int = 0
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, about a third slower
     reason: str = field(default="", compare=False)
 
     def __post_init__(self):
@@ -149,8 +152,12 @@ def choose_profile() -> tuple[str, str]:
     if device_name() != "cuda":
         return "cpu", "no CUDA GPU found, so the offline cpu profile runs"
     if not is_online() and not gpu_assets_cached():
-        return "cpu", "a CUDA GPU is here but the hub is offline and the gpu model is not cached"
-    return "gpu", "a CUDA GPU is here and the gpu model can be had"
+        return "cpu", "a CUDA GPU is here but the hub is offline and the gpu model and CIFAR-10 are not cached"
+    plan = device_plan(resolve("gpu"))
+    if not plan.fits:
+        return "cpu", f"a CUDA GPU is here but too small for the gpu profile: {plan.reasons[-1]}"
+    stand_ins = caches.stand_ins_in_use(GPU_MODEL, "cifar10")
+    return "gpu", "a CUDA GPU is here and the gpu model can be had" + (" (cached stand-ins)" if stand_ins else "")
 
 
 def device_name() -> str:
@@ -176,21 +183,67 @@ def is_online(timeout: float = 1.5) -> bool:
 
 
 def gpu_assets_cached() -> bool:
-    """True when the gpu profile's model is already in the local Hugging Face cache (lesson 00)."""
-    from huggingface_hub import try_to_load_from_cache
+    """True when the gpu profile's model and CIFAR-10 are cached here, real or stand-ins (lesson 00)."""
+    return caches.model_status(GPU_MODEL) != "missing" and caches.cifar_status("cifar10") != "missing"
 
-    return isinstance(try_to_load_from_cache(GPU_MODEL, "config.json"), str)
+
+PLANNED = ("precision", "batch_size", "grad_accum", "gradient_checkpointing")  # what the device plan decides
+
+
+def device_plan(settings: Settings, overridden=(), device: hardware.Device | None = None) -> hardware.Plan:
+    """The plan for training `settings` on `device` (default: this machine's): the profile's effective batch,
+    the settings in `overridden` kept as they are (lesson 00)."""
+    profile = PROFILES.get(settings.profile, {})
+    effective = profile.get("batch_size", settings.batch_size) * profile.get("grad_accum", 1)
+    return hardware.plan_training(
+        device or hardware.read_device(), model_shape_for(settings), effective_batch=effective,
+        precision=profile.get("precision", settings.precision),
+        fixed={name: getattr(settings, name) for name in overridden if name in PLANNED},
+        resident_bytes=resident_data_bytes(settings), model_name=settings.model_name,
+    )
+
+
+def follow_device_plan(settings: Settings, overridden=(), device: hardware.Device | None = None) -> Settings:
+    """In the gpu profile, `settings` with the precision, micro-batch, accumulation and checkpointing planned
+    for this GPU and the plan added to the reason; the settings named in `overridden` win; other profiles are
+    returned as they are. A card too small for the model: one sentence naming the options (lesson 00)."""
+    if settings.profile != "gpu":
+        return settings
+    plan = device_plan(settings, overridden, device)
+    if not plan.fits:
+        raise ValueError(plan.reasons[-1])
+    return dataclasses.replace(settings, **plan.settings(), reason=f"{settings.reason}\n{plan}")
+
+
+def model_shape_for(settings: Settings) -> hardware.ModelShape | None:
+    """The memory model's shape of `settings.model_name`: ViT-B/16 for the gpu model, else read from a local
+    or cached config; None when there is none to read (lesson 00)."""
+    labels = 100 if settings.dataset_name == "cifar100" else 10
+    if settings.model_name == GPU_MODEL:
+        return dataclasses.replace(hardware.VIT_B16, num_labels=labels)
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(os.path.expanduser(settings.model_name), local_files_only=True)
+        return hardware.model_shape(config, labels)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def resident_data_bytes(settings: Settings) -> int:
+    """Bytes of uint8 images the gpu profile keeps on the card (`DeviceImages`): CIFAR's 60,000 32 px images (lesson 00)."""
+    return 60_000 * 3 * 32 * 32 if settings.dataset_name in ("cifar10", "cifar100") else 0
 
 
 def environment_report(settings: Settings | None = None) -> str:
-    """A few lines on Python, library versions, device, threads, network and the chosen profile (lesson 00)."""
+    """A few lines on Python, library versions, device, threads, network, the chosen profile and, in the gpu
+    profile, the plan for this GPU with its reasons (lesson 00)."""
     import torch
     import transformers
 
     device = device_name()
     if device == "cuda":
-        props = torch.cuda.get_device_properties(0)
-        device += f" ({torch.cuda.device_count()} x {props.name}, {props.total_memory / 2**30:.0f} GiB)"
+        device += f" ({torch.cuda.device_count()} x {hardware.read_device()})"
     lines = [
         f"Python        {platform.python_version()} on {platform.system()} {platform.machine()}",
         f"torch         {torch.__version__}   transformers {transformers.__version__}",
@@ -198,7 +251,9 @@ def environment_report(settings: Settings | None = None) -> str:
         f"network       {'online' if is_online() else 'offline (hub not reachable or HF_HUB_OFFLINE=1)'}",
     ]
     if settings is not None:
-        lines.append(f"profile       {settings.profile}: {settings.reason}")
+        why, *plan = settings.reason.split("\n")
+        lines.append(f"profile       {settings.profile}: {why}")
+        lines += [("plan          " if i == 0 else "              ") + line.strip() for i, line in enumerate(plan)]
     return "\n".join(lines)
 
 

@@ -4,13 +4,19 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-from transformers import ViTForImageClassification, ViTImageProcessor
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub reads it on import
+# One share of the cores per pytest-xdist worker (and the notebook kernels it starts): 14 workers of 16
+# threads each on 16 cores spend their time waiting for one another.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
-from helpers import models
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import ViTForImageClassification, ViTImageProcessor  # noqa: E402
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from helpers import models  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # also when torch was imported before this file
 
 
 @pytest.fixture

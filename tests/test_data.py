@@ -18,16 +18,16 @@ from helpers.lessons import l03_datasets as l03
 
 # ---------------------------------------------------------------- data the tests make
 def write_cifar(root, source, classes, per_file=40, seed=0):
-    """A tiny archive in the real CIFAR python format (pickled dicts of bytes keys)."""
+    """A tiny archive in the real CIFAR python format (pickled dicts; str keys, as torchvision reads the real ones)."""
     rng = np.random.default_rng(seed)
     folder = root / source.base_folder
     folder.mkdir(parents=True)
-    label_key = b"labels" if source is CIFAR10 else b"fine_labels"
+    label_key = "labels" if source is CIFAR10 else "fine_labels"
     for filename, _ in source.train_list + source.test_list:
         labels = [i % len(classes) for i in range(per_file)]
-        batch = {b"data": rng.integers(0, 256, (per_file, 3072), dtype=np.uint8), label_key: labels}
+        batch = {"data": rng.integers(0, 256, (per_file, 3072), dtype=np.uint8), label_key: labels}
         (folder / filename).write_bytes(pickle.dumps(batch))
-    meta = {source.meta["key"].encode(): [c.encode() for c in classes]}
+    meta = {source.meta["key"]: list(classes)}
     (folder / source.meta["filename"]).write_bytes(pickle.dumps(meta))
     return folder
 
@@ -116,20 +116,37 @@ def test_transforms_follow_the_image_processor(tiny_model_dir):
 
 # ---------------------------------------------------------------- CIFAR, from a tiny archive in the real format
 @pytest.mark.parametrize("name, source", [("cifar10", CIFAR10), ("cifar100", CIFAR100)])
-def test_cifar_reader_on_a_tiny_archive(tmp_path, name, source):
+def test_cifar_reader_on_a_tiny_archive(tmp_path, name, source, monkeypatch):
     classes = [f"class{i}" for i in range(4)]
     folder = write_cifar(tmp_path, source, classes)
+    with pytest.raises(ValueError, match="published checksums"):  # torchvision checks every file's md5 first
+        data.load_dataset(name, root=tmp_path, download=False)
+    monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda *args: True)  # as if the published files
     splits = data.load_dataset(name, root=tmp_path, download=False)
     n_train = 40 * len(source.train_list)
     assert len(splits.train) + len(splits.val) == n_train and len(splits.test) == 40
-    assert splits.classes == classes
-    first = pickle.loads((folder / source.train_list[0][0]).read_bytes())[b"data"][0]
+    assert splits.classes == classes and not splits.stand_in
+    first = pickle.loads((folder / source.train_list[0][0]).read_bytes())["data"][0]
+    all_train = torch.cat([splits.train.images, splits.val.images])
+    assert any(torch.equal(img.flatten(), torch.from_numpy(first)) for img in all_train)
+
+
+@pytest.mark.parametrize("name, source", [("cifar10", CIFAR10), ("cifar100", CIFAR100)])
+def test_cifar_stand_in_reader_on_a_tiny_archive(tmp_path, name, source):
+    from helpers import caches
+
+    classes = [f"class{i}" for i in range(4)]
+    folder = write_cifar(tmp_path, source, classes)
+    caches.write_marker(folder, f"{name} made by a test", caches.cifar_files(name))
+    splits = data.load_dataset(name, root=tmp_path, download=False)
+    assert splits.stand_in and splits.classes == classes and len(splits.test) == 40
+    first = pickle.loads((folder / source.train_list[0][0]).read_bytes())["data"][0]
     all_train = torch.cat([splits.train.images, splits.val.images])
     assert any(torch.equal(img.flatten(), torch.from_numpy(first)) for img in all_train)
 
 
 def test_cifar_offline_and_missing_says_what_to_do(tmp_path):
-    with pytest.raises(FileNotFoundError, match="offline.*connect once.*digits"):
+    with pytest.raises(FileNotFoundError, match="offline.*prefetch.*digits"):
         data.load_dataset("cifar10", root=tmp_path, download=False)
 
 

@@ -4,6 +4,7 @@
     python -m helpers.course run 02_freezing -p epochs 3 --profile cpu
     python -m helpers.course outputs                   # refresh the committed outputs (cpu profile)
     python -m helpers.course student --out build/student  # copies without solutions, for a workshop
+    python -m helpers.course prefetch [--stand-in]     # cache the gpu profile's model and CIFAR-10
 
 Each command is a small class in `COMMANDS`: a name, a help line, `add_arguments(parser)` and
 `run(args) -> exit status`. A `ValueError` from a command becomes one `error:` line and exit status 2.
@@ -76,7 +77,20 @@ class StudentCommand:
         return 0
 
 
-COMMANDS = [RunCommand(), OutputsCommand(), StudentCommand()]
+class PrefetchCommand:
+    name, help = "prefetch", "cache the gpu profile's model and CIFAR-10 (--stand-in: same-shaped stand-ins)"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--stand-in", action="store_true",
+                            help="write stand-ins with the real shapes (random weights, generated images), offline")
+
+    def run(self, args) -> int:
+        from helpers.course.prefetch import prefetch
+
+        return prefetch(stand_in=args.stand_in)
+
+
+COMMANDS = [RunCommand(), OutputsCommand(), StudentCommand(), PrefetchCommand()]
 
 
 def main(argv=None) -> int:

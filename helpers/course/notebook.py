@@ -6,7 +6,7 @@ from pathlib import Path
 
 import nbformat
 
-from helpers import profiles
+from helpers import caches, profiles
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,17 +25,25 @@ def start(profile: str = "auto", overrides: dict | None = None) -> profiles.Sett
     report, and record the profile.
 
     Seeding here makes everything random that follows (a new classification head, a random
-    pick of images) the same in every run of the notebook with the same seed. Also turns on
-    inline figures (so a returned matplotlib Figure shows, headless too) and quiets
-    transformers' own load logs: the kit prints its own load report where it matters.
+    pick of images) the same in every run of the notebook with the same seed. In the gpu profile the
+    settings follow the plan for this GPU (`profiles.follow_device_plan`); on stand-ins
+    (`prefetch --stand-in`) a banner comes first. Also turns on inline figures (so a returned
+    matplotlib Figure shows, headless too) and quiets transformers' own load logs: the kit prints
+    its own load report where it matters.
     """
     from helpers.train import seed_everything
 
     prepare_notebook_display()
-    settings = profiles.resolve(profile, **(overrides or {}))
+    overrides = overrides or {}
+    settings = profiles.resolve(profile, **overrides)
+    settings = profiles.follow_device_plan(settings, [name for name, value in overrides.items() if value is not profiles.KEEP])
     seed_everything(settings.seed)
+    stand_ins = caches.stand_ins_in_use(settings.model_name, settings.dataset_name)
+    if stand_ins:
+        print(caches.stand_in_banner(stand_ins))
     print(profiles.environment_report(settings))
-    record(profile=settings.profile, model=settings.model_name, dataset=settings.dataset_name)
+    record(profile=settings.profile, model=settings.model_name, dataset=settings.dataset_name,
+           **({"stand_in": True} if stand_ins else {}))
     return settings
 
 

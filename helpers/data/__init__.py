@@ -9,7 +9,11 @@ from helpers.data.images import (  # noqa: F401
 )
 from helpers.data.datasets import (  # noqa: F401
     DATASET_NAMES, DEFAULT_ROOT, first_column_of_type, hf_datasets_installed, HF_DATASETS_MISSING, HubImages,
-    load_cifar, load_dataset, load_digits, load_hf_dataset, read_cifar_batches, read_cifar_pickle,
+    load_cifar, load_dataset, load_digits, load_hf_dataset,
+)
+from helpers.data.cifar import (  # noqa: F401
+    download_file, fetch_cifar, NumpyOnlyUnpickler, read_cifar, read_numpy_pickle, read_real_cifar,
+    read_stand_in_cifar,
 )
 from helpers.data.folders import (  # noqa: F401
     export_image_folder, file_hash, FolderScan, image_files, IMAGE_SUFFIXES, inspect_image,

@@ -1,37 +1,31 @@
 """Datasets by name (lesson 03): `digits`, `cifar10`, `cifar100` and `imagefolder:<path>`, split and capped.
 
 `digits` is scikit-learn's 8x8 digits upsampled to 32 px RGB (ships with scikit-learn, always
-offline); CIFAR downloads once when online; an image folder has one subfolder of images per class.
+offline); CIFAR downloads once when online (or comes from `prefetch`); an image folder has one
+subfolder of images per class.
 Hugging Face `datasets` loads through `load_hf_dataset` when the optional extra is installed.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
-import pickle
-import time
-import warnings
-from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
+
 import numpy as np
 import torch
-from PIL import Image
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
-from torchvision import tv_tensors
-from torchvision.transforms import v2
-from tqdm.auto import tqdm
+
+from helpers.caches import DATA_ROOT, cifar_folder, cifar_status
+from helpers.data.cifar import fetch_cifar, read_cifar
 from helpers.data.folders import load_image_folder
 from helpers.data.images import LabeledImages, TensorImages, pil_to_rgb
 from helpers.data.splits import Splits, split_dataset, stratified_subset
 
-
 DATASET_NAMES = ("digits", "cifar10", "cifar100", "imagefolder:<path>")
 
 
-DEFAULT_ROOT = Path(os.environ.get("COURSE_DATA", Path.home() / ".cache" / "vit-course" / "data"))
+DEFAULT_ROOT = DATA_ROOT
 
 
 HF_DATASETS_MISSING = (
@@ -90,47 +84,27 @@ def load_digits() -> TensorImages:
 
 
 def load_cifar(name: str, root: Path, seed: int, download: bool | None) -> Splits:
-    """CIFAR-10/100 from its python archive in `root` (downloaded first when allowed); val is 10% of train (lesson 03)."""
-    from torchvision.datasets import CIFAR10, CIFAR100
-    from torchvision.datasets.utils import download_and_extract_archive
-
+    """CIFAR-10/100 from `root`: the real archive (fetched first when allowed; it replaces a stand-in) or a
+    stand-in written by `prefetch --stand-in`; val is 10% of train (lesson 03)."""
     from helpers.profiles import is_online
 
-    source = CIFAR10 if name == "cifar10" else CIFAR100
-    folder = root / source.base_folder
-    if not folder.is_dir():
+    status = cifar_status(name, root)
+    if status != "present":
         if download is None:
             download = is_online()
-        if not download:
+        if download:
+            fetch_cifar(name, root)
+        elif status == "missing":
             raise FileNotFoundError(
-                f"{name} is not in {folder} and the network is offline: connect once (it downloads by itself), "
-                f"or put {source.filename} extracted into {root}, or use dataset 'digits'."
+                f"{name} is not in {cifar_folder(name, root)} and the network is offline: run "
+                "`python -m helpers.course prefetch` once online (or `prefetch --stand-in` for same-shaped "
+                "stand-ins), or use dataset 'digits'."
             )
-        download_and_extract_archive(source.url, str(root), filename=source.filename, md5=source.tgz_md5)
-    classes = [c.decode() for c in read_cifar_pickle(folder / source.meta["filename"])[source.meta["key"]]]
-    train = read_cifar_batches(folder, [f for f, _ in source.train_list], classes)
-    test = read_cifar_batches(folder, [f for f, _ in source.test_list], classes)
+    train, test, classes, stand_in = read_cifar(name, root)
     train_idx, val_idx = train_test_split(np.arange(len(train)), test_size=0.1, stratify=train.labels,
                                           random_state=seed)
-    return Splits(train.subset(sorted(train_idx)), train.subset(sorted(val_idx)), test, classes, name)
-
-
-def read_cifar_pickle(path: Path) -> dict:
-
-
-    """One CIFAR python-format file (a pickled dict with bytes keys) with str keys (lesson 03)."""
-    with open(path, "rb") as file:
-        return {key.decode(): value for key, value in pickle.load(file, encoding="bytes").items()}
-
-
-def read_cifar_batches(folder: Path, files: list[str], classes) -> TensorImages:
-    """Concatenate CIFAR python-format batches: rows of 3072 bytes (R, G, B planes of 32x32) (lesson 03)."""
-    images, labels = [], []
-    for filename in files:
-        batch = read_cifar_pickle(folder / filename)
-        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.extend(batch["labels"] if "labels" in batch else batch["fine_labels"])
-    return TensorImages(torch.from_numpy(np.concatenate(images)), labels, classes)
+    source = f"{name} (stand-in: generated images)" if stand_in else name
+    return Splits(train.subset(sorted(train_idx)), train.subset(sorted(val_idx)), test, classes, source, stand_in)
 
 
 def hf_datasets_installed() -> bool:

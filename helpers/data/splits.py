@@ -34,6 +34,7 @@ class Splits:
     test: LabeledImages
     classes: list[str]
     source: str = ""
+    stand_in: bool = False  # generated stand-in data (`prefetch --stand-in`): accuracy on it means nothing
 
     def with_transforms(self, train, eval=None) -> "Splits":
         """The splits with `train` applied to the training set and `eval` (default: `train`) to the others."""

@@ -39,6 +39,10 @@ from helpers.train.guards import (  # noqa: F401
 from helpers.train.history import (  # noqa: F401
     History,
 )
+from helpers.train.inputs import (  # noqa: F401
+    FitInputs,
+    fit_inputs,
+)
 from helpers.train.loop import (  # noqa: F401
     cross_entropy,
     fit,

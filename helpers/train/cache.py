@@ -14,11 +14,13 @@ from pathlib import Path
 import torch
 
 from helpers import models
+from helpers.caches import file_sha256, stand_ins_in_use
 from helpers.data.datasets import load_dataset
 from helpers.data.splits import Splits
 from helpers.data.transforms import ImageSpec, eval_transform
 from helpers.profiles import Settings, device_name
 from helpers.train.history import History
+from helpers.train.inputs import fit_inputs
 from helpers.train.loop import fit
 
 FINETUNED_CACHE = Path.home() / ".cache" / "vit-course" / "finetuned"
@@ -46,16 +48,11 @@ def finetune_key(settings: Settings) -> str:
     source, local = models.resolve_source(settings.model_name)
     if local:
         files = sorted(path for path in Path(source).rglob("*") if path.is_file())
-        values["model_files"] = {str(path.relative_to(source)): _file_digest(path) for path in files}
+        values["model_files"] = {str(path.relative_to(source)): file_sha256(path) for path in files}
+    stand_ins = stand_ins_in_use(settings.model_name, settings.dataset_name)
+    if stand_ins:  # a fine-tune of stand-ins is not reused once the real model or data is here
+        values["stand_ins"] = stand_ins
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def finetuned(
@@ -90,8 +87,8 @@ def finetuned(
 def _train_into(folder: Path, settings: Settings, splits: Splits, progress: bool) -> None:
     """Fine-tune and save into ``folder``, written under a temporary name first so a finished folder is complete."""
     model, processor = models.load_model(settings.model_name, splits.classes)
-    ready = splits.with_transforms(eval_transform(ImageSpec.from_processor(processor)))
-    history = fit(model, ready.train, ready.val, settings, progress=progress)
+    inputs = fit_inputs(splits, ImageSpec.from_processor(processor), settings)  # on the GPU where they fit
+    history = fit(model, inputs.train, inputs.val, settings, progress=progress)
     staging = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)

@@ -23,6 +23,7 @@ from accelerate.utils import compile_regions
 from tqdm.auto import tqdm
 
 from helpers.data.loaders import make_loader
+from helpers.hardware import enable_gradient_checkpointing, precision_for, read_device
 from helpers.profiles import Settings, with_overrides
 from helpers.train.checkpoint import BestWeights, latest_checkpoint, load_checkpoint, plain_model, save_checkpoint
 from helpers.train.device_images import DeviceImages
@@ -59,16 +60,11 @@ def logits_of(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 def mixed_precision_for(settings: Settings) -> tuple[str, str]:
-    """The autocast mode `fit()` uses here ('no', 'bf16' or 'fp16') and why (lesson 05)."""
+    """The autocast mode `fit()` uses here ('no', 'bf16' or 'fp16') and why: bf16 only where the GPU computes
+    it natively, fp16 with a gradient scaler on compute capability 7.x (`hardware.precision_for`) (lesson 05)."""
     if not torch.cuda.is_available():
         return "no", "no CUDA GPU: a CPU gains nothing from bf16 autocast here, so training stays in float32"
-    if settings.precision == "no":
-        return "no", "precision='no' was asked for: float32 on the GPU"
-    if settings.precision == "bf16" and not torch.cuda.is_bf16_supported():
-        return "fp16", "this GPU has no bf16: fp16 autocast, with a gradient scaler against underflow"
-    if settings.precision == "fp16":
-        return "fp16", "fp16 autocast, with a gradient scaler against underflow"
-    return "bf16", "bf16 autocast: float32's range, no gradient scaler needed; weights and optimizer stay float32"
+    return precision_for(read_device(), settings.precision)
 
 
 def make_accelerator(settings: Settings) -> Accelerator:
@@ -118,12 +114,15 @@ def fit(
     written to `checkpoint_dir/best` when there is one). `torch_compile=True` compiles the
     model with torch.compile (or give a backend name, e.g. 'aot_eager'); the default 'auto'
     compiles on a GPU only when `COMPILE_ON_GPU` says so (see `maybe_compile`). Datasets may be
-    `DeviceImages` (batches prepared on the GPU). Before the first step `fit()` refuses integer
-    pixels, a head that does not match the classes and a `grad_accum` longer than an epoch; a
-    loss that is not finite stops it with the last good checkpoint kept.
+    `DeviceImages` (batches prepared on the GPU). `gradient_checkpointing=True` (a setting) recomputes
+    activations in the backward pass to save memory (transformers models only). Before the first step
+    `fit()` refuses integer pixels, a head that does not match the classes and a `grad_accum` longer
+    than an epoch; a loss that is not finite stops it with the last good checkpoint kept.
     """
     settings = with_overrides(settings, **overrides)
     check_arguments(train_set, val_set, checkpoint_dir, resume, overwrite, patience)
+    if settings.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     accelerator = accelerator or make_accelerator(settings)
     check_accumulation_window(len(train_set), settings, accelerator.num_processes)
     with claimed_run_folder(checkpoint_dir, accelerator, resume=resume, overwrite=overwrite):
@@ -251,13 +250,15 @@ def loader_for(dataset, batch_size: int, *, shuffle_generator: torch.Generator |
     """The DataLoader `fit()` uses: `DeviceImages` serve whole batches themselves, other datasets go through
     `helpers.data.make_loader` (lesson 05).
 
-    A training loader's workers start afresh every epoch, seeded from `shuffle_generator` (which `fit()` seeds
-    per epoch), so a resumed run draws the same random augmentations as an uninterrupted one.
+    Workers end with each pass: a training loader's workers start afresh every epoch, seeded from
+    `shuffle_generator` (which `fit()` seeds per epoch), so a resumed run draws the same random
+    augmentations as an uninterrupted one; and in a Jupyter kernel no finished `fit()` leaves
+    workers behind (the next loader's forked workers would die).
     """
     if isinstance(dataset, DeviceImages):
         return dataset.loader(batch_size, shuffle_generator=shuffle_generator)
     return make_loader(dataset, batch_size, shuffle_generator=shuffle_generator, num_workers=num_workers,
-                       persistent_workers=shuffle_generator is None)
+                       persistent_workers=False)
 
 
 def run_train_epoch(model, loader, optimizer, scheduler, accelerator, settings, batch_transform,
@@ -288,8 +289,8 @@ def train_step(model, images, targets, optimizer, scheduler, accelerator, max_gr
             accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if accelerator.sync_gradients and scheduler is not None:
-            scheduler.step()
+        if accelerator.sync_gradients and scheduler is not None and not accelerator.optimizer_step_was_skipped:
+            scheduler.step()  # fp16: the gradient scaler skips a step with inf/NaN gradients, the schedule waits
     return loss.detach()
 
 
