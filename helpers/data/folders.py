@@ -19,6 +19,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 from helpers.data.images import FileImages, LabeledImages
+from helpers.data.photos import HEIC_FIX, HEIC_ISSUE, HEIC_SUFFIXES, heif_available, photo_notes
 
 
 TINY_IMAGE_SIDE = 16
@@ -70,14 +71,17 @@ def scan_folder(path: str | os.PathLike) -> FolderScan:
     for loose in sorted(f for f in root.iterdir() if f.is_file() and not f.name.startswith(".")):
         scan.problems.append(Problem(loose, "not inside a class folder", "skipped; move it into its class folder"))
     first_seen: dict[str, Path] = {}
+    bar = tqdm(total=0, desc="scan", unit=" files", leave=False)
     for class_dir in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
         files = sorted(f for f in class_dir.rglob("*") if f.is_file() and not f.name.startswith("."))
+        bar.total += len(files)
         if not files:
             scan.problems.append(Problem(class_dir, "empty class folder", "class left out"))
             continue
         label = len(scan.classes)
         scan.classes.append(class_dir.name)
         for file in files:
+            bar.update()
             digest = inspect_image(file, scan.problems)
             if digest is None:
                 continue
@@ -88,20 +92,23 @@ def scan_folder(path: str | os.PathLike) -> FolderScan:
             first_seen[digest] = file
             scan.paths.append(file)
             scan.labels.append(label)
+    bar.close()
     return scan
 
 
 def inspect_image(file: Path, problems: list[Problem]) -> str | None:
     """The file's content hash if it decodes as an image, else None; problems found are appended (lesson 03)."""
+    if file.suffix.lower() in HEIC_SUFFIXES and not heif_available():
+        problems.append(Problem(file, HEIC_ISSUE, f"skipped; {HEIC_FIX}"))
+        return None
     try:
         with Image.open(file) as image:
             image.load()
-            mode, size = image.mode, image.size
+            size, notes = image.size, photo_notes(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         problems.append(Problem(file, f"unreadable ({type(error).__name__}: {error})", "skipped"))
         return None
-    if mode != "RGB":
-        problems.append(Problem(file, f"mode {mode}", "converted to RGB"))
+    problems.extend(Problem(file, issue, action) for issue, action in notes)
     if min(size) < TINY_IMAGE_SIDE:
         problems.append(Problem(file, f"tiny image {size[0]}x{size[1]}", "kept; upsampled to the model's size"))
     return file_hash(file)
