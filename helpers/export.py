@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,7 +223,9 @@ def save_adapter(peft_model, folder: str | os.PathLike) -> Path:
     if not any("classifier" in name for name in (config.modules_to_save or [])):
         raise ValueError("This LoRA model does not keep its classifier head (modules_to_save): the saved adapter "
                          "would reload onto a random head. Build it with helpers.freezing.add_lora.")
-    peft_model.save_pretrained(folder)
+    with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for the user to do
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model.save_pretrained(folder)
     (folder / "labels.json").write_text(json.dumps(peft_model.config.id2label))
     return folder
 
