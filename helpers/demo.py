@@ -70,9 +70,12 @@ def build_demo(folder: str | os.PathLike, device: str = "cpu"):
 
 
 def launch_demo(folder: str | os.PathLike, host: str = "127.0.0.1", port: int | None = None, **launch_options):
-    """Start the demo of the model in `folder` on http://host:port (lesson 07); returns Gradio's app and URLs.
+    """Start the demo of the model in `folder` on http://host:port (lesson 07); returns the running app
+    (`.close()` stops it).
 
     Listens on this machine only unless you pass another `host`. Extra options go to `gradio.Blocks.launch`
     (e.g. `prevent_thread_lock=True` to keep a notebook cell free).
     """
-    return build_demo(folder).launch(server_name=host, server_port=port, **launch_options)
+    app = build_demo(folder)
+    app.launch(server_name=host, server_port=port, **launch_options)
+    return app
