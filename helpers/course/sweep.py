@@ -1,4 +1,4 @@
-"""A notebook over a grid of parameters, headless with papermill (lesson 07 and 08):
+"""A notebook over a grid of parameters, headless with papermill (lesson 08):
 
     python -m helpers.course sweep 07_your_photos -p lr 1e-4,3e-4 -p seed 0,1,2 --jobs 2
 
@@ -62,24 +62,27 @@ def grid_points(grid: dict[str, list]) -> list[dict]:
     return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
 
 
-def papermill_parameters(point: dict, profile: str, fixed: dict | None = None) -> dict:
-    """The notebook's parameters for one point: settings go into `overrides`, the others are passed by name."""
-    overrides = {k: v for k, v in point.items() if k in profiles.SETTING_NAMES}
+def papermill_parameters(point: dict, profile: str, overrides: dict | None = None) -> dict:
+    """The notebook's parameters for one point: settings join `overrides`, the others are passed by name."""
+    settings = {k: v for k, v in point.items() if k in profiles.SETTING_NAMES}
     others = {k: v for k, v in point.items() if k not in profiles.SETTING_NAMES}
-    return {"profile": profile, "overrides": overrides, **(fixed or {}), **others}
+    return {"profile": profile, "overrides": {**(overrides or {}), **settings}, **others}
 
 
 @dataclass
 class SweepRun:
-    """One point of the grid and what its notebook run recorded (lesson 07)."""
+    """One point of the grid and what its notebook run recorded (lesson 08)."""
 
     point: dict
     result: Result
 
 
 def sweep(notebook: str, grid: dict[str, list], profile: str = "auto", jobs: int = 1, out: Path = BUILD / "sweep",
-          fixed: dict | None = None) -> list[SweepRun]:
-    """Run `notebook` once per grid point, up to `jobs` at once, into `out`; write `out/sweep.json` (lesson 07)."""
+          overrides: dict | None = None) -> list[SweepRun]:
+    """Run `notebook` once per grid point, up to `jobs` at once, into `out`; write `out/sweep.json` (lesson 08).
+
+    `overrides` are settings every run gets (a grid value of the same name wins).
+    """
     [path] = course_notebooks([notebook])
     points = grid_points(grid)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,7 +92,7 @@ def sweep(notebook: str, grid: dict[str, list], profile: str = "auto", jobs: int
         name = "_".join(f"{k}-{v}" for k, v in point.items()) or "default"
         print(f"running {path.stem} with {point} ...", flush=True)
         return SweepRun(point, execute(path, out / f"{number:03d}_{name}.ipynb",
-                                       papermill_parameters(point, profile, fixed)))
+                                       papermill_parameters(point, profile, overrides)))
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         runs = list(pool.map(one, enumerate(points)))
@@ -119,7 +122,7 @@ class SettingSummary:
 
 def summarize(runs: list[SweepRun], metric: str = "val_accuracy", test_metric: str = "test_accuracy",
               seed_name: str = "seed") -> list[SettingSummary]:
-    """One summary per setting, best mean validation accuracy first; failed runs are left out (lesson 07)."""
+    """One summary per setting, best mean validation accuracy first; failed runs are left out (lesson 08)."""
     by_setting: dict[str, SettingSummary] = {}
     for run in runs:
         if not run.result.ok or metric not in run.result.records:
