@@ -2,6 +2,7 @@
 a folder `pipeline()` loads with its model card, and LoRA adapters saved, reloaded and swapped on their own."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
@@ -186,14 +187,15 @@ class ModelCard:
 
 def save_for_pipeline(model: torch.nn.Module, processor, folder: str | os.PathLike, card: ModelCard | None = None) -> Path:
     """Write a folder that `transformers.pipeline("image-classification")` loads: weights, config, preprocessing,
-    and the model card as README.md (lesson 07). A LoRA model is merged into plain weights first.
+    and the model card as README.md (lesson 07). A LoRA model is saved merged into plain weights (it stays a
+    LoRA model itself).
 
     Written into a temporary folder and renamed, so an interrupted save leaves no half-written model.
     """
     folder = Path(folder).expanduser()
     staging = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
-    plain = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    plain = copy.deepcopy(model).merge_and_unload() if hasattr(model, "merge_and_unload") else model  # keep `model`
     plain.save_pretrained(staging)
     processor.save_pretrained(staging)
     if card is not None:

@@ -98,3 +98,15 @@ def test_an_adapter_without_its_head_is_refused(tmp_path, tiny_model_dir):
 
 def test_processor_fixture_is_what_pipeline_needs(tiny_model_dir):
     assert ViTImageProcessor.from_pretrained(tiny_model_dir).size == {"height": 32, "width": 32}
+
+
+def test_a_lora_model_ships_merged_and_stays_a_lora_model(tmp_path, tiny_model_dir):
+    lora = trained_lora(tiny_model_dir, 3)
+    _, processor = models.load_model(str(tiny_model_dir), [f"c{i}" for i in range(10)])
+    folder = export.save_for_pipeline(lora, processor, tmp_path / "merged")
+    assert any("lora_A" in name for name, _ in lora.named_parameters())  # still adapters, ready to save alone
+    path = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+    [(label, score)] = export.pipeline_predictions(folder, [path])
+    spec = data.ImageSpec.from_processor(processor)
+    assert (label, pytest.approx(score, abs=1e-4)) == export.classify_file(lora, path, data.eval_transform(spec))
