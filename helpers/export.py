@@ -9,7 +9,7 @@ import os
 import shutil
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -214,6 +214,14 @@ def pipeline_predictions(folder: str | os.PathLike, paths, device: str | None = 
             (classifier(str(path), top_k=1)[0] for path in paths)]
 
 
+@contextmanager
+def _quiet_peft():
+    """peft asks transformers a deprecated question (is_gradient_checkpointing): nothing for the user to do."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def save_adapter(peft_model, folder: str | os.PathLike) -> Path:
     """Save only a LoRA model's adapters and its trained classifier head (a few MB, not the base model) (lesson 07).
 
@@ -225,8 +233,7 @@ def save_adapter(peft_model, folder: str | os.PathLike) -> Path:
     if not any("classifier" in name for name in (config.modules_to_save or [])):
         raise ValueError("This LoRA model does not keep its classifier head (modules_to_save): the saved adapter "
                          "would reload onto a random head. Build it with helpers.freezing.add_lora.")
-    with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for the user to do
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with _quiet_peft():
         peft_model.save_pretrained(folder)
     (folder / "labels.json").write_text(json.dumps(peft_model.config.id2label))
     return folder
@@ -242,8 +249,9 @@ def load_adapters(base_model: torch.nn.Module, adapters: dict[str, str | os.Path
     if not adapters:
         raise ValueError("Give at least one adapter: {name: folder written by save_adapter}.")
     (first_name, first_folder), *others = adapters.items()
-    model = PeftModel.from_pretrained(base_model, str(first_folder), adapter_name=first_name)
-    for name, folder in others:
-        model.load_adapter(str(folder), adapter_name=name)
+    with _quiet_peft():
+        model = PeftModel.from_pretrained(base_model, str(first_folder), adapter_name=first_name)
+        for name, folder in others:
+            model.load_adapter(str(folder), adapter_name=name)
     model.set_adapter(first_name)
     return model.eval()
