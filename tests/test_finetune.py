@@ -112,3 +112,15 @@ def test_two_processes_equal_one_with_the_same_effective_batch(tmp_path):
         torch.testing.assert_close(two_weights[name], tensor, atol=atol, rtol=1e-4, msg=name)
     assert one["val_accuracy"] == two["val_accuracy"] and one["test_accuracy"] == two["test_accuracy"]
     assert not (tmp_path / "two" / "model.partial").exists()
+
+
+def test_a_bad_folder_stops_every_process_with_its_sentence(tmp_path):
+    folder = bad_folders(tmp_path / "in")["one class"][0]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "helpers.course", "finetune", "--data", f"imagefolder:{folder}", "--model", "tiny-vit", "--profile",
+               "smoke", "--out", str(tmp_path / "out")]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+    assert finished.returncode != 0
+    assert finished.stderr.count("error: ") == 2 and "at least two" in finished.stderr  # one sentence per process
+    assert not (tmp_path / "out").exists()

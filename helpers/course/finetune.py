@@ -75,13 +75,14 @@ def check_folder(scan: FolderScan) -> None:
 
 
 def load_photos(folder, short_side: int, cache_dir, *, group_pattern: str | None = None, max_distance: int = 8,
-                progress: bool = True) -> PhotoFolder:
-    """Scan `folder`, decode each photo once into the cache, hash it, and group near-duplicates (lesson 07).
+                progress: bool = True, scan: FolderScan | None = None) -> PhotoFolder:
+    """Scan `folder` (unless its `scan` is given), decode each photo once into the cache, hash it, and group
+    near-duplicates (lesson 07).
 
     `group_pattern` (a regex on file names, see `helpers.data.name_groups`) keeps photos of one session
     or person together too. Every check runs before anything is written.
     """
-    scan = scan_folder(folder)
+    scan = scan or scan_folder(folder)
     check_folder(scan)
     photos = FileImages(scan.paths, scan.labels, scan.classes).prepared(short_side, cache_dir, progress)
     hashes = dataset_hashes(photos, progress)
@@ -183,9 +184,11 @@ def run_recipe(folder, settings: profiles.Settings, out, *, strategy: str = "lor
     _, processor = models.load_model(settings.model_name, ["?"])  # the input size decides the cache's
     spec = ImageSpec.from_processor(processor)
     cache_dir = Path(cache_dir).expanduser() if cache_dir else out.parent / f".{out.name}-cache"
+    scan = scan_folder(folder)
+    check_folder(scan)  # on every process, so a bad folder stops them all with the same sentence
     with accelerator.main_process_first():  # process 0 decodes; the others find the cache full
         photos = load_photos(folder, CACHE_FACTOR * max(spec.size), cache_dir, group_pattern=group_pattern,
-                             progress=progress and accelerator.is_main_process)
+                             progress=progress and accelerator.is_main_process, scan=scan)
     splits = group_split_dataset(photos.photos, photos.groups, str(folder), settings.seed)
     torch.manual_seed(settings.seed)  # the same new head on every process
     model, processor = models.load_model(settings.model_name, splits.classes)
