@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from matplotlib.figure import Figure
 from PIL import Image, ImageOps
 from sklearn.linear_model import LogisticRegression
@@ -16,6 +17,9 @@ from sklearn.linear_model import LogisticRegression
 from helpers.course.checks import checker
 from helpers.data.photos import ORIENTATION_TAG
 from helpers.data.splits import pairs_across_splits
+from helpers.data.transforms import eval_transform
+from helpers.evaluate.metrics import paired_comparison
+from helpers.freezing import cache_features
 from helpers.plots import as_displayable
 
 
@@ -190,10 +194,21 @@ def plot_pairs(dataset, pairs, k: int = 6) -> Figure:
 
 
 def leak_table(rows: dict[str, dict]) -> str:
-    """A Markdown table: per split rule, near-duplicate pairs across splits and the probe's test accuracy."""
-    lines = ["| split | near-duplicate pairs across splits | probe test accuracy |", "|---|---:|---:|"]
-    lines += [f"| {name} | {row['pairs_across']} | {row['test_accuracy']:.1%} |" for name, row in rows.items()]
+    """A Markdown table: per split rule, near-duplicate pairs across splits and two test accuracies."""
+    lines = ["| split | near-duplicate pairs across splits | nearest neighbour | linear probe |", "|---|---:|---:|---:|"]
+    lines += [f"| {name} | {row['pairs_across']} | {row['neighbour_accuracy']:.1%} | {row['test_accuracy']:.1%} |"
+              for name, row in rows.items()]
     return "\n".join(lines)
+
+
+def nearest_neighbour_accuracy(model, splits, spec) -> float:
+    """Test accuracy of the most plain memoriser: each test photo takes the label of the training photo whose
+    frozen features (the CLS token) are closest in cosine similarity."""
+    transform = eval_transform(spec)
+    train = cache_features(model, splits.train.with_transform(transform), progress=False)
+    test = cache_features(model, splits.test.with_transform(transform), progress=False)
+    similarity = F.normalize(test.features, dim=1) @ F.normalize(train.features, dim=1).T
+    return float((train.labels[similarity.argmax(dim=1)] == test.labels).float().mean())
 
 
 def count_leaks(pairs, parts) -> int:
@@ -210,14 +225,26 @@ def pixel_baseline(train_set, val_set) -> float:
     return float(classifier.score(matrix(val_set), val_set.labels))
 
 
-def choose_strategy(probe_accuracy: float, pixel_accuracy: float) -> tuple[str, str]:
-    """Lesson 02's rule: when frozen features beat raw pixels the backbone already fits and LoRA adapts it cheaply;
-    when they do not, the backbone itself must change: full fine-tuning. Returns (strategy, why)."""
+def choose_candidates(probe_accuracy: float, pixel_accuracy: float) -> tuple[list[str], str]:
+    """Step 1 of the rule (lesson 02): frozen features that do not beat raw pixels cap the probe and LoRA, so only
+    full fine-tuning is worth training; otherwise LoRA and full fine-tuning both are. Returns (strategies, why)."""
     if probe_accuracy > pixel_accuracy:
-        return "lora", (f"frozen features beat raw pixels ({probe_accuracy:.1%} vs {pixel_accuracy:.1%}): the backbone "
-                        "fits, so LoRA adapts it with few weights and a small file to share")
-    return "full", (f"raw pixels do as well as frozen features or better ({pixel_accuracy:.1%} vs "
-                    f"{probe_accuracy:.1%}): the backbone must change, so every weight trains")
+        return ["lora", "full"], (f"frozen features beat raw pixels ({probe_accuracy:.1%} vs {pixel_accuracy:.1%}): "
+                                  "the backbone fits, so LoRA may be enough; full fine-tuning is trained to check")
+    return ["full"], (f"raw pixels do as well as frozen features or better ({pixel_accuracy:.1%} vs "
+                      f"{probe_accuracy:.1%}): the backbone must change, so every weight trains")
+
+
+def pick_strategy(results: dict, alpha: float = 0.05) -> tuple[str, str]:
+    """Step 2 of the rule: ship LoRA (a small adapter to share) unless full fine-tuning beats it on the validation
+    photos beyond chance (paired McNemar test, p < alpha). `results`: {strategy: finetune.Evaluation}."""
+    if "lora" not in results or "full" not in results:
+        name = next(name for name in ("full", "lora", "probe") if name in results)
+        return name, "the only fine-tune trained"
+    comparison = paired_comparison(results["lora"].val.correct, results["full"].val.correct)
+    if comparison.difference > 0 and comparison.p_value < alpha:
+        return "full", f"full fine-tuning beats LoRA on validation beyond chance (p = {comparison.p_value:.3g})"
+    return "lora", f"full fine-tuning does not beat LoRA on validation beyond chance (p = {comparison.p_value:.3g})"
 
 
 def orientation_of(path: Path) -> int:
