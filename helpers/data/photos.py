@@ -54,9 +54,9 @@ def open_photo(path: str | os.PathLike) -> Image.Image:
     HEIC/HEIF files need the optional `pillow-heif` plugin; without it `UnreadablePhoto` says how to get it.
     """
     path = Path(path)
-    if path.suffix.lower() in HEIC_SUFFIXES and not heif_available():
+    heif = heif_available()  # registers the plugin, so HEIC decodes under any name when it is installed
+    if path.suffix.lower() in HEIC_SUFFIXES and not heif:
         raise UnreadablePhoto(f"{path.name}: {HEIC_ISSUE}: {HEIC_FIX}.")
-    heif_available()  # a HEIC under another suffix decodes too when the plugin is there
     with Image.open(path) as image:
         image.load()
         return ImageOps.exif_transpose(image)
