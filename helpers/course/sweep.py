@@ -12,8 +12,10 @@ from __future__ import annotations
 import ast
 import itertools
 import json
+import os
 import statistics
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,10 +80,11 @@ class SweepRun:
 
 
 def sweep(notebook: str, grid: dict[str, list], profile: str = "auto", jobs: int = 1, out: Path = BUILD / "sweep",
-          overrides: dict | None = None) -> list[SweepRun]:
+          overrides: dict | None = None, quiet: bool = False) -> list[SweepRun]:
     """Run `notebook` once per grid point, up to `jobs` at once, into `out`; write `out/sweep.json` (lesson 08).
 
-    `overrides` are settings every run gets (a grid value of the same name wins).
+    `overrides` are settings every run gets (a grid value of the same name wins). `quiet` prints nothing
+    while the runs go and keeps their kernels' start-up messages out of this process's output.
     """
     [path] = course_notebooks([notebook])
     points = grid_points(grid)
@@ -90,16 +93,33 @@ def sweep(notebook: str, grid: dict[str, list], profile: str = "auto", jobs: int
     def one(numbered):
         number, point = numbered
         name = "_".join(f"{k}-{v}" for k, v in point.items()) or "default"
-        print(f"running {path.stem} with {point} ...", flush=True)
+        if not quiet:
+            print(f"running {path.stem} with {point} ...", flush=True)
         return SweepRun(point, execute(path, out / f"{number:03d}_{name}.ipynb",
                                        papermill_parameters(point, profile, overrides)))
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool, _children_silenced(quiet):
         runs = list(pool.map(one, enumerate(points)))
     (out / "sweep.json").write_text(json.dumps(
         [{"point": run.point, "seconds": run.result.seconds, "records": run.result.records,
           "error": run.result.error} for run in runs], indent=1))
     return runs
+
+
+@contextmanager
+def _children_silenced(silence: bool):
+    """Kernels started meanwhile inherit this process's stderr: point it at /dev/null for the block."""
+    if not silence:
+        yield
+        return
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 @dataclass
