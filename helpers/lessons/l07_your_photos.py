@@ -228,11 +228,6 @@ def leak_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def count_leaks(pairs, parts) -> int:
-    """Near-duplicate pairs whose two photos sit in different splits (`parts`: train, val, test indices)."""
-    return pairs_across_splits(pairs, parts)
-
-
 def pixel_baseline(train_set, val_set) -> float:
     """Validation accuracy of logistic regression on raw resized pixels (lesson 02's control), for the rule."""
     def matrix(dataset):
@@ -264,12 +259,6 @@ def pick_strategy(results: dict, alpha: float = 0.05) -> tuple[str, str]:
     return "lora", f"full fine-tuning does not beat LoRA on validation beyond chance (p = {comparison.p_value:.3g})"
 
 
-def orientation_of(path: Path) -> int:
-    """The EXIF orientation a file declares (1 when it has none)."""
-    with Image.open(path) as image:
-        return image.getexif().get(ORIENTATION_TAG, 1)
-
-
 @checker
 def check_upright(your_image, path) -> None:
     """Exercise: read the sideways phone photo upright, as a uint8 tensor [3, H, W]."""
@@ -297,7 +286,7 @@ def check_group_split(your_parts, pairs, groups) -> None:
         by_group.setdefault(group, set()).add(where[index])
     assert all(len(splits) == 1 for splits in by_group.values()), \
         "some group has photos in two splits: split the groups, not the photos (data.group_split)"
-    assert count_leaks(pairs, your_parts) == 0, "a near-duplicate pair straddles two splits: merge pairs into groups"
+    assert pairs_across_splits(pairs, your_parts) == 0, "a near-duplicate pair straddles two splits: merge pairs into groups"
     print("Correct: no group and no near-duplicate pair straddles two splits.")
 
 
