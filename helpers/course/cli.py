@@ -5,6 +5,8 @@
     python -m helpers.course outputs                   # refresh the committed outputs (cpu profile)
     python -m helpers.course student --out build/student  # copies without solutions, for a workshop
     python -m helpers.course prefetch [--stand-in]     # cache the gpu profile's model and CIFAR-10
+    python -m helpers.course sweep 07_your_photos -p lr 1e-4,3e-4 -p seed 0,1,2 --jobs 2
+    python -m helpers.course finetune --data imagefolder:PATH --model tiny-vit --out build/my-model
 
 Each command is a small class in `COMMANDS`: a name, a help line, `add_arguments(parser)` and
 `run(args) -> exit status`. A `ValueError` from a command becomes one `error:` line and exit status 2.
@@ -16,9 +18,11 @@ import sys
 from pathlib import Path
 
 from helpers import profiles
+from helpers.course.finetune import FinetuneCommand
 from helpers.course.notebook import BUILD
 from helpers.course.runner import CELL_TIMEOUT_S, Result, parse_overrides, refresh_outputs, run, summary_table
 from helpers.course.student import make_student_copies
+from helpers.course.sweep import SweepCommand
 
 
 def exit_status(results: list[Result]) -> int:
@@ -90,7 +94,7 @@ class PrefetchCommand:
         return prefetch(stand_in=args.stand_in)
 
 
-COMMANDS = [RunCommand(), OutputsCommand(), StudentCommand(), PrefetchCommand()]
+COMMANDS = [RunCommand(), OutputsCommand(), StudentCommand(), PrefetchCommand(), SweepCommand(), FinetuneCommand()]
 
 
 def main(argv=None) -> int:

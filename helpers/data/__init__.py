@@ -1,5 +1,5 @@
-"""Images for a ViT (lessons 03 and 04): datasets by name, your own folders, splits, transforms, loaders,
-augmentation. Each concern has its own module; everything public is importable from `helpers.data`.
+"""Images for a ViT (lessons 03, 04 and 07): datasets by name, your own folders and photos, splits, transforms,
+loaders, augmentation. Each concern has its own module; everything public is importable from `helpers.data`.
 """
 from helpers.data.transforms import (  # noqa: F401
     channel_mean_std, eval_transform, ImageSpec, to_model_input,
@@ -20,8 +20,13 @@ from helpers.data.folders import (  # noqa: F401
     load_image_folder, Problem, scan_folder, TINY_IMAGE_SIDE,
 )
 from helpers.data.splits import (  # noqa: F401
-    class_counts, content_hash, describe_item, find_leaks, Leak, LeakageReport,
-    split_dataset, SPLIT_NAMES, Splits, stratified_split, stratified_subset,
+    class_counts, content_hash, describe_item, find_leaks, group_split, group_split_dataset, Leak, LeakageReport,
+    merge_groups, name_groups, pairs_across_splits, split_dataset, SPLIT_NAMES, Splits, stratified_split, stratified_subset,
+)
+from helpers.data.photos import (  # noqa: F401
+    BACKGROUND, dataset_hashes, has_transparency, heif_available, HEIC_FIX, HEIC_ISSUE, HEIC_SUFFIXES,
+    near_duplicates, NearDuplicate, open_photo, perceptual_hash, photo_notes, prepare, read_photo,
+    resize_short_side, to_rgb8, UnreadablePhoto,
 )
 from helpers.data.loaders import (  # noqa: F401
     class_weights, make_loader, weighted_sampler,

@@ -12,6 +12,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from helpers.data.images import FileImages, LabeledImages
+from helpers.data.photos import HEIC_FIX, HEIC_ISSUE, HEIC_SUFFIXES, heif_available, photo_notes
 
 TINY_IMAGE_SIDE = 16
 
@@ -64,14 +65,22 @@ def scan_folder(path: str | os.PathLike) -> FolderScan:
         scan.problems.append(Problem(loose, "not inside a class folder", "skipped; move it into its class folder"))
     walked: set[Path] = set()
     readable: dict[Path, list[tuple[Path, str]]] = {}
+    bar = tqdm(total=0, desc="scan", unit=" files", leave=False)
     for class_dir in walkable_folders(root, [p for p in sorted(root.iterdir()) if p.is_dir()], walked, scan.problems):
         files = class_files(class_dir, root, walked, scan.problems)
-        images = [(file, digest) for file in files if (digest := inspect_image(file, scan.problems)) is not None]
+        bar.total += len(files)
+        images = []
+        for file in files:
+            digest = inspect_image(file, scan.problems)
+            bar.update()
+            if digest is not None:
+                images.append((file, digest))
         if images:
             readable[class_dir] = images
         else:
             issue = f"no readable image among its {len(files)} files" if files else "empty class folder"
             scan.problems.append(Problem(class_dir, issue, "class left out"))
+    bar.close()
     add_classes(scan, readable)
     return scan
 
@@ -136,15 +145,17 @@ def walkable_folders(root: Path, folders: list[Path], walked: set[Path], problem
 
 def inspect_image(file: Path, problems: list[Problem]) -> str | None:
     """The file's content hash if it decodes as an image, else None; problems found are appended (lesson 03)."""
+    if file.suffix.lower() in HEIC_SUFFIXES and not heif_available():
+        problems.append(Problem(file, HEIC_ISSUE, f"skipped; {HEIC_FIX}"))
+        return None
     try:
         with Image.open(file) as image:
             image.load()
-            mode, size = image.mode, image.size
+            size, notes = image.size, photo_notes(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         problems.append(Problem(file, f"unreadable ({type(error).__name__}: {error})", "skipped"))
         return None
-    if mode != "RGB":
-        problems.append(Problem(file, f"mode {mode}", "converted to RGB"))
+    problems.extend(Problem(file, issue, action) for issue, action in notes)
     if min(size) < TINY_IMAGE_SIDE:
         problems.append(Problem(file, f"tiny image {size[0]}x{size[1]}", "kept; upsampled to the model's size"))
     return file_hash(file)

@@ -1,26 +1,19 @@
 """Datasets of labelled images: in memory (`TensorImages`) or read from files when asked (`FileImages`).
 
 Every dataset yields `(transform(image), label)` where `image` is a uint8 tensor [3, H, W] (lesson 03).
+Files are read through the photo I/O of lesson 07 (`helpers.data.photos`): upright, scaled, composited.
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import os
-import pickle
-import time
-import warnings
-from collections import Counter
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-import numpy as np
+
 import torch
 from PIL import Image
-from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import Dataset
 from torchvision import tv_tensors
-from torchvision.transforms import v2
-from tqdm.auto import tqdm
+
+from helpers.data.photos import prepare, read_photo, to_rgb8
 
 
 class LabeledImages(Dataset):
@@ -82,13 +75,17 @@ class FileImages(LabeledImages):
         return FileImages([self.paths[i] for i in indices], [self.labels[i] for i in indices], self.classes,
                           self.transform)
 
+    def prepared(self, short_side: int, cache_dir: str | os.PathLike, progress: bool = True) -> "FileImages":
+        """The same images decoded once into a cache of small PNGs (`helpers.data.photos.prepare`) (lesson 07)."""
+        cached = prepare(self.paths, short_side, cache_dir, progress)
+        return FileImages(cached, self.labels, self.classes, self.transform)
+
 
 def read_rgb(path: Path) -> torch.Tensor:
-    """Decode an image file of any mode to a uint8 RGB tensor [3, H, W] (lesson 03)."""
-    with Image.open(path) as image:
-        return pil_to_rgb(image)
+    """Decode an image file of any mode to a uint8 RGB tensor [3, H, W], upright and scaled (lessons 03 and 07)."""
+    return read_photo(path)
 
 
 def pil_to_rgb(image: Image.Image) -> torch.Tensor:
-    """A PIL image of any mode (L, P, RGBA, CMYK, ...) as a uint8 RGB tensor [3, H, W] (lesson 03)."""
-    return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
+    """A PIL image of any mode (L, P, RGBA, CMYK, I;16, ...) as a uint8 RGB tensor [3, H, W] (lessons 03 and 07)."""
+    return to_rgb8(image)

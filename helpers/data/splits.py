@@ -1,26 +1,18 @@
-"""Train / validation / test splits (lesson 03): stratified and seeded, checked for leaks across splits."""
+"""Train / validation / test splits (lessons 03 and 07): stratified and seeded, checked for leaks across splits;
+group-aware, so near-duplicates and photos of one session never straddle two splits."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import os
-import pickle
-import time
-import warnings
+import re
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+
 import numpy as np
-import torch
-from PIL import Image
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
-from torchvision import tv_tensors
-from torchvision.transforms import v2
-from tqdm.auto import tqdm
+
 from helpers.data.folders import file_hash
 from helpers.data.images import FileImages, LabeledImages
-
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -70,8 +62,6 @@ def stratified_subset(dataset: LabeledImages, size: int | None, seed: int) -> La
 
 
 def split_dataset(dataset: LabeledImages, source: str, seed: int, val_fraction=0.15, test_fraction=0.15) -> Splits:
-
-
     """`dataset` split 70/15/15 by `stratified_split` into `Splits` (lesson 03)."""
     train, val, test = stratified_split(dataset.labels, val_fraction, test_fraction, seed)
     return Splits(dataset.subset(train), dataset.subset(val), dataset.subset(test), dataset.classes, source)
@@ -138,8 +128,6 @@ def find_leaks(splits: Splits) -> LeakageReport:
 
 
 def describe_item(split_name: str, dataset: LabeledImages, index: int) -> str:
-
-
     """A short description of item `index` of a split, for a leak report (lesson 03)."""
     if isinstance(dataset, FileImages):
         return f"{split_name} {Path(*dataset.paths[index].parts[-2:])}"
@@ -149,3 +137,96 @@ def describe_item(split_name: str, dataset: LabeledImages, index: int) -> str:
 def class_counts(dataset: LabeledImages) -> np.ndarray:
     """Images per class, in class order (zeros included) (lesson 03)."""
     return np.bincount(dataset.labels, minlength=len(dataset.classes))
+
+
+def merge_groups(count: int, pairs=(), groups=None) -> list[int]:
+    """Group ids for `count` items: items linked by a pair (e.g. near-duplicates), directly or through others,
+    or sharing a user-given group (same person, same session) get the same id (lesson 07)."""
+    parent = list(range(count))
+
+    def root(item: int) -> int:
+        while parent[item] != item:
+            parent[item] = parent[parent[item]]
+            item = parent[item]
+        return item
+
+    links = [(pair.first, pair.second) if hasattr(pair, "first") else tuple(pair) for pair in pairs]
+    if groups is not None:
+        if len(groups) != count:
+            raise ValueError(f"Give one group per item: {len(groups)} groups for {count} items.")
+        first_of: dict = {}
+        links += [(first_of.setdefault(group, item), item) for item, group in enumerate(groups)]
+    for first, second in links:
+        parent[root(first)] = root(second)
+    roots = [root(item) for item in range(count)]
+    renumber = {value: number for number, value in enumerate(dict.fromkeys(roots))}
+    return [renumber[value] for value in roots]
+
+
+def group_split(labels, groups, val_fraction: float, test_fraction: float, seed: int, class_names=None):
+    """Indices (train, val, test) with every group in one split only, and each class in all three (lesson 07).
+
+    Within each class (a group counts for the class most of its items have) the groups are shuffled and
+    dealt out: `test_fraction` and `val_fraction` of the groups, at least one each, the rest to train.
+    A class needs three independent groups; fewer is an error that says which class.
+    """
+    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError("val_fraction and test_fraction must be in (0, 1) and sum to less than 1.")
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    if labels.shape != groups.shape:
+        raise ValueError(f"Give one group per item: {len(groups)} groups for {len(labels)} labels.")
+    members: dict = {}
+    for index, group in enumerate(groups.tolist()):
+        members.setdefault(group, []).append(index)
+    by_class: dict = {}
+    for group, items in members.items():
+        by_class.setdefault(Counter(labels[items].tolist()).most_common(1)[0][0], []).append(group)
+    rng = np.random.default_rng(seed)
+    split_of = {}
+    for label in sorted(by_class):
+        class_groups = by_class[label]
+        if len(class_groups) < 3:
+            name = class_names[label] if class_names is not None else label
+            raise ValueError(
+                f"Class {name!r} has {len(class_groups)} independent group(s) of photos (near-duplicates and "
+                "photos of one group count once): it needs at least 3 so train, val and test each get one; "
+                "add photos of it from other scenes or sessions, or leave the class out.")
+        order = [class_groups[i] for i in rng.permutation(len(class_groups))]
+        n_test = max(1, round(test_fraction * len(order)))
+        n_val = max(1, min(round(val_fraction * len(order)), len(order) - n_test - 1))
+        for position, group in enumerate(order):
+            split_of[group] = 2 if position < n_test else 1 if position < n_test + n_val else 0
+    parts = ([], [], [])
+    for index, group in enumerate(groups.tolist()):
+        parts[split_of[group]].append(index)
+    return tuple(sorted(part) for part in parts)
+
+
+def group_split_dataset(dataset: LabeledImages, groups, source: str, seed: int, val_fraction=0.15,
+                        test_fraction=0.15) -> Splits:
+    """`dataset` split by `group_split` into `Splits`: no group in two splits (lesson 07)."""
+    train, val, test = group_split(dataset.labels, groups, val_fraction, test_fraction, seed, dataset.classes)
+    return Splits(dataset.subset(train), dataset.subset(val), dataset.subset(test), dataset.classes, source)
+
+
+def pairs_across_splits(pairs, split_sizes_or_parts) -> int:
+    """How many (first, second) pairs of item indices have their two items in different splits (lesson 07).
+
+    `split_sizes_or_parts` is the (train, val, test) index lists a split function returned.
+    """
+    where = {index: part for part, indices in enumerate(split_sizes_or_parts) for index in indices}
+    links = [(pair.first, pair.second) if hasattr(pair, "first") else tuple(pair) for pair in pairs]
+    return sum(where.get(first) != where.get(second) for first, second in links)
+
+
+def name_groups(paths, pattern: str) -> list[str]:
+    """A group per file from its name: the class folder plus the first match of the regex `pattern` (its first
+    parenthesised part if it has one), e.g. r"^(\\w+?)_" groups `session3_0041.jpg` with `session3_0042.jpg`;
+    a name that does not match is a group of its own (lesson 07)."""
+    regex = re.compile(pattern)
+    groups = []
+    for path in map(Path, paths):
+        found = regex.search(path.name)
+        key = (found.group(1) if found.groups() else found.group(0)) if found else path.name
+        groups.append(f"{path.parent.name}/{key}")
+    return groups

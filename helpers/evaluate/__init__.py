@@ -19,11 +19,13 @@ from helpers.evaluate.metrics import (  # noqa: F401
     ClassReport,
     ClassScores,
     ConfusedPair,
+    PairedComparison,
     accuracy,
     bootstrap_ci,
     confusion_matrix,
     most_confident_mistakes,
     most_confused_pairs,
+    paired_comparison,
     per_class_report,
     top_k_accuracy,
 )

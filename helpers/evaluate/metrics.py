@@ -204,3 +204,52 @@ def most_confident_mistakes(predictions: Predictions, k: int = 8) -> np.ndarray:
     wrong = np.flatnonzero(~predictions.correct)
     order = np.argsort(-predictions.probs[wrong].max(axis=1), kind="stable")
     return wrong[order[:k]]
+
+
+@dataclass
+class PairedComparison:
+    """Two models on the same test images: the accuracy gain of b over a, its interval, and McNemar's test (lesson 07)."""
+
+    accuracy_a: float
+    accuracy_b: float
+    only_a_right: int  # images a gets right and b gets wrong
+    only_b_right: int
+    p_value: float  # exact McNemar test: could the two kinds of disagreement be a coin toss?
+    interval: tuple[float, float]  # paired bootstrap 95% interval of accuracy_b - accuracy_a
+
+    @property
+    def difference(self) -> float:
+        return self.accuracy_b - self.accuracy_a
+
+    def __str__(self) -> str:
+        low, high = self.interval
+        return (f"{self.accuracy_a:.1%} -> {self.accuracy_b:.1%} ({100 * self.difference:+.1f} points, 95% interval "
+                f"[{100 * low:+.1f}, {100 * high:+.1f}]); they disagree on {self.only_a_right + self.only_b_right} "
+                f"images ({self.only_b_right} only b gets right, {self.only_a_right} only a); McNemar p = "
+                f"{self.p_value:.3g}")
+
+
+def paired_comparison(correct_a, correct_b, n_boot: int = 2000, alpha: float = 0.05,
+                      seed: int = 0) -> PairedComparison:
+    """Compare two models on the same images from their per-image booleans (Predictions.correct) (lesson 07).
+
+    Only the images they disagree on carry information: McNemar's exact test asks whether "only b right"
+    outnumbers "only a right" beyond chance, and the paired bootstrap resamples images (both models
+    together) for an interval of the accuracy difference, far narrower than two separate intervals.
+    Each replicate is drawn as one multinomial over the disagreement counts, which is the same thing.
+    """
+    from scipy.stats import binomtest
+
+    a, b = _numpy(correct_a), _numpy(correct_b)
+    if a.ndim != 1 or a.shape != b.shape or len(a) == 0 or not np.isin(a, (0, 1)).all() or not np.isin(b, (0, 1)).all():
+        raise ValueError("correct_a and correct_b must be 1-D booleans of the same length, one per test image "
+                         "in the same order (Predictions.correct of each model).")
+    _check_open_unit("alpha", alpha)
+    a, b = a.astype(bool), b.astype(bool)
+    only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
+    p_value = binomtest(only_b, only_a + only_b).pvalue if only_a + only_b else 1.0
+    n = len(a)  # resampling image pairs = a multinomial draw over (only a right, only b right, the rest)
+    draws = np.random.default_rng(seed).multinomial(n, [only_a / n, only_b / n, 1 - (only_a + only_b) / n], n_boot)
+    differences = (draws[:, 1] - draws[:, 0]) / n
+    low, high = np.quantile(differences, [alpha / 2, 1 - alpha / 2])
+    return PairedComparison(float(a.mean()), float(b.mean()), only_a, only_b, float(p_value), (float(low), float(high)))
