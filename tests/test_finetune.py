@@ -45,9 +45,9 @@ def bad_folders(tmp_path):
         write_image(tmp_path / "nested" / "animals" / ("cat" if i % 2 else "dog") / f"{i}.png")
         write_image(tmp_path / "single" / "cat" / f"{i}.png")
     write_image(tmp_path / "single" / "dog" / "0.png")
-    cases["non-images"] = (tmp_path / "text", "hold no readable photo")
+    cases["non-images"] = (tmp_path / "text", "leaving out a \\(no readable image among its 4 files\\)")
     cases["one class"] = (tmp_path / "one", "at least two")
-    cases["one photo in a class"] = (tmp_path / "single", "dog \\(1\\).*fewer than 3 photos")
+    cases["one photo in a class"] = (tmp_path / "single", "leaving out dog \\(only 1 image.*3 or more photos")
     cases["classes in sub-folders"] = (tmp_path / "nested", "one level deeper")
     return cases
 

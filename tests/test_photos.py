@@ -103,7 +103,8 @@ def test_heic_without_the_plugin_is_listed_with_the_fix(tmp_path, monkeypatch):
 def test_scan_names_what_the_photo_io_changes(tmp_path):
     for k, name in enumerate(("a", "b")):
         (tmp_path / name).mkdir()
-        Image.fromarray(np.roll(gradient_photo(), k, axis=0)).save(tmp_path / name / "plain.png")
+        for shift in range(3):  # three distinct photos, so the class is kept
+            Image.fromarray(np.roll(gradient_photo(), 3 * k + shift, axis=0)).save(tmp_path / name / f"{shift}.png")
     Image.fromarray(np.full((20, 20), 40000, dtype=np.uint16)).save(tmp_path / "a" / "deep.png")
     issues = {p.path.name: (p.issue, p.action) for p in data.scan_folder(tmp_path).problems}
     assert issues == {"deep.png": ("high bit depth (mode I;16)", "scaled to 8 bits, not clipped")}

@@ -20,7 +20,7 @@ import torch
 from torchvision.transforms import v2
 
 from helpers import models, profiles
-from helpers.data.folders import FolderScan, scan_folder
+from helpers.data.folders import MIN_CLASS_IMAGES, FolderScan, scan_folder
 from helpers.data.images import FileImages
 from helpers.data.photos import NearDuplicate, dataset_hashes, near_duplicates
 from helpers.data.splits import Splits, group_split_dataset, merge_groups, name_groups
@@ -39,9 +39,6 @@ STRATEGIES = ("probe", "lora", "full")
 CACHE_FACTOR = 2  # the cache keeps photos at twice the model's input side
 
 
-MIN_PHOTOS_PER_CLASS = 3  # one each for train, val and test
-
-
 @dataclass
 class PhotoFolder:
     """A scanned folder of photos, decoded once into the cache, with its near-duplicates and groups (lesson 07)."""
@@ -54,24 +51,22 @@ class PhotoFolder:
 
 
 def check_folder(scan: FolderScan) -> None:
-    """Raise ValueError with one sentence when a scanned folder cannot make a classifier (lesson 07)."""
+    """Raise ValueError with one sentence when a scanned folder cannot make a classifier (lesson 07).
+
+    The scan has already left out class folders with fewer than `MIN_CLASS_IMAGES` readable photos;
+    this names them when fewer than two classes remain."""
     root = scan.root
-    counts = {name: scan.labels.count(label) for label, name in enumerate(scan.classes)}
     nested = [d.name for d in sorted(root.iterdir()) if d.is_dir() and any(p.is_dir() for p in d.iterdir())]
     if not scan.classes and not scan.problems:
         raise ValueError(f"{root} is empty: put one sub-folder of photos per class inside it.")
-    if len(counts) < 2 and nested:
+    if len(scan.classes) < 2 and nested:
         raise ValueError(f"The classes of {root} sit one level deeper, in sub-folders of {', '.join(nested)}: "
                          "point the folder argument at the folder whose sub-folders are the classes.")
-    if empty := [name for name, count in counts.items() if count == 0]:
-        raise ValueError(f"Class folder(s) {', '.join(empty)} of {root} hold no readable photo (see the problems "
-                         "listed by the scan): add photos, or remove the folder.")
-    if len(counts) < 2:
-        raise ValueError(f"{root} holds {len(counts)} class folder with photos: a classifier needs at least two "
-                         "sub-folders, one per class.")
-    if small := [f"{name} ({count})" for name, count in counts.items() if count < MIN_PHOTOS_PER_CLASS]:
-        raise ValueError(f"Class(es) {', '.join(small)} of {root} have fewer than {MIN_PHOTOS_PER_CLASS} photos: "
-                         "each class needs one for train, val and test; add photos or remove the class.")
+    if len(scan.classes) < 2:
+        left_out = [f"{p.path.name} ({p.issue})" for p in scan.problems if p.action.startswith("class left out")]
+        why = f", after leaving out {'; '.join(left_out)}" if left_out else ""
+        raise ValueError(f"{root} holds {len(scan.classes)} usable class folder(s){why}: a classifier needs at "
+                         f"least two sub-folders, one per class, each with {MIN_CLASS_IMAGES} or more photos.")
 
 
 def load_photos(folder, short_side: int, cache_dir, *, group_pattern: str | None = None, max_distance: int = 8,
