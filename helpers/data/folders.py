@@ -17,7 +17,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision import tv_tensors
 from torchvision.transforms import v2
-from tqdm.auto import tqdm
+from helpers.progress import progress_bar
 from helpers.data.images import FileImages, LabeledImages
 
 
@@ -131,7 +131,7 @@ def export_image_folder(dataset: LabeledImages, root: str | os.PathLike, per_cla
     if root.exists() and any(root.iterdir()):
         raise ValueError(f"{root} is not empty: export into a new or empty folder so no old files mix in.")
     written = Counter()
-    for index in tqdm(range(len(dataset)), desc="writing PNGs", leave=False):
+    for index in progress_bar(range(len(dataset)), desc="writing PNGs", leave=False):
         label = dataset.labels[index]
         if per_class is not None and written[label] >= per_class:
             continue

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 
 from helpers.data.loaders import make_loader
 from helpers.profiles import Settings
+from helpers.progress import progress_bar
 from helpers.train.checkpoint import BestWeights, load_checkpoint, save_checkpoint
 from helpers.train.device_images import DeviceImages
 from helpers.train.history import History
@@ -178,7 +178,7 @@ def run_train_epoch(model, loader, optimizer, scheduler, accelerator, settings, 
                     description, progress) -> float:
     """One pass over `loader`; returns the mean training loss (lesson 05)."""
     total, count = torch.zeros((), device=accelerator.device), 0
-    bar = tqdm(loader, desc=description, leave=False, disable=not (progress and accelerator.is_main_process))
+    bar = progress_bar(loader, desc=description, leave=False, disable=not (progress and accelerator.is_main_process))
     for images, targets in bar:
         loss = train_step(model, images, targets, optimizer, scheduler, accelerator, settings.max_grad_norm,
                           batch_transform)
