@@ -20,10 +20,12 @@ from helpers.evaluate.metrics import (  # noqa: F401
     ClassScores,
     ConfusedPair,
     accuracy,
+    accuracy_standard_error,
     bootstrap_ci,
     confusion_matrix,
     most_confident_mistakes,
     most_confused_pairs,
+    noise_threshold,
     per_class_report,
     top_k_accuracy,
 )
