@@ -24,7 +24,7 @@ from helpers.data.loaders import (  # noqa: F401
 )
 from helpers.data.augment import (  # noqa: F401
     Augmentation, BatchTransform, BoxSampler, build, check_preset, cutmix_box,
-    mix_batch, PRESETS, RANDAUGMENT_BINS, Strengths, strengths,
+    mirror_safe, mix_batch, NOT_MIRROR_SAFE, PRESETS, RANDAUGMENT_BINS, Strengths, strengths,
 )
 
 from helpers._moved import forwarder
