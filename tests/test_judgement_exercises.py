@@ -123,3 +123,10 @@ def test_presets_leave_the_flip_out_where_a_mirror_changes_the_label():
         assert "RandomHorizontalFlip" in str(with_flip) and "RandomHorizontalFlip" not in str(without)
     settings = dataclasses.replace(profiles.resolve("smoke"), dataset_name="digits")
     assert not data.mirror_safe(settings.dataset_name)
+
+
+def test_02_results_read_each_gap_to_full_fine_tuning_with_the_noise_rule():
+    assert l02.gap_to(0.90, 0.97, 270) == "-7.0 pt, real"
+    assert l02.gap_to(0.96, 0.97, 270) == "-1.0 pt, within noise"
+    assert l02.gap_to(0.10, 0.10, 270) == "+0.0 pt, within noise"
+    assert l02.gap_to(0.97, None, 270) == "-"
