@@ -130,3 +130,12 @@ def test_02_results_read_each_gap_to_full_fine_tuning_with_the_noise_rule():
     assert l02.gap_to(0.96, 0.97, 270) == "-1.0 pt, within noise"
     assert l02.gap_to(0.10, 0.10, 270) == "+0.0 pt, within noise"
     assert l02.gap_to(0.97, None, 270) == "-"
+
+
+def test_06_the_tta_table_reads_each_gain_with_the_noise_rule():
+    def row(mode, accuracy):
+        return l06.TTAResult(mode, 1, accuracy, 1.0, None)
+
+    table = l06.tta_table([row("none", 0.978), row("flip", 0.963), row("crops", 0.911)], n_images=270).splitlines()
+    assert table[2].endswith("| +0.00 | 1.00 | 1.0x |") and "-1.50, within noise" in table[3]
+    assert "-6.70, real" in table[4]

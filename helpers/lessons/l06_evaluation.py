@@ -16,7 +16,7 @@ from torchvision.transforms import v2
 
 from helpers.course.checks import checker
 from helpers.evaluate.calibration import expected_calibration_error
-from helpers.evaluate.metrics import ClassReport, _check_open_unit, accuracy
+from helpers.evaluate.metrics import ClassReport, _check_open_unit, accuracy, noise_threshold
 from helpers.evaluate.predict import TTA_MODES, TTA_VIEWS, Predictions, predict
 from helpers.progress import progress_bar
 
@@ -72,18 +72,20 @@ def compare_tta(
     return results
 
 
-def tta_table(results: list[TTAResult]) -> str:
-    """A Markdown table of ``compare_tta`` results; gain and cost are relative to the first row."""
+def tta_table(results: list[TTAResult], n_images: int | None = None) -> str:
+    """A Markdown table of ``compare_tta`` results; gain and cost are relative to the first row. With `n_images`
+    (the test set's size) each gain is also read with the noise rule (`noise_threshold`): real, or within noise."""
     if not results:
         raise ValueError("tta_table needs at least one TTAResult; pass the output of compare_tta.")
     base = results[0]
     lines = ["| TTA | views | accuracy | gain (points) | seconds | cost |", "|---|---:|---:|---:|---:|---:|"]
     for row in results:
-        gain = 100 * (row.accuracy - base.accuracy)
+        gain = f"{100 * (row.accuracy - base.accuracy):+.2f}"
+        if n_images and row is not base:
+            rule = noise_threshold((row.accuracy + base.accuracy) / 2, n_images)
+            gain += ", real" if abs(row.accuracy - base.accuracy) > rule else ", within noise"
         cost = row.seconds / max(base.seconds, 1e-9)
-        lines.append(
-            f"| {row.mode} | {row.views} | {row.accuracy:.2%} | {gain:+.2f} | {row.seconds:.2f} | {cost:.1f}x |"
-        )
+        lines.append(f"| {row.mode} | {row.views} | {row.accuracy:.2%} | {gain} | {row.seconds:.2f} | {cost:.1f}x |")
     return "\n".join(lines)
 
 
