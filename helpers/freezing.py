@@ -22,12 +22,12 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 from transformers import ViTForImageClassification
 
 from helpers._moved import forwarder
 from helpers.data.loaders import make_loader
 from helpers.profiles import Settings
+from helpers.progress import progress_bar
 from helpers.train.device_images import default_device
 from helpers.train.history import History
 from helpers.train.loop import fit
@@ -324,7 +324,7 @@ def cache_features(
     model.eval()
     device = next(model.parameters()).device
     features, labels = [], []
-    for images, targets in tqdm(make_loader(dataset, batch_size), desc="features", disable=not progress):
+    for images, targets in progress_bar(make_loader(dataset, batch_size), desc="features", disable=not progress):
         features.append(model.vit(images.to(device)).last_hidden_state[:, 0].float().cpu())
         labels.append(torch.as_tensor(targets))
     return FeatureSet(torch.cat(features), torch.cat(labels))

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+
+from helpers.progress import progress_bar
 
 PARAMS_PER_MAP = 6  # a, b, c, d (linear part), e, f (translation)
 DEFAULT_OUT = Path(__file__).parent / "assets" / "tiny-vit"
@@ -195,7 +196,7 @@ def fractal_images(recipe: FractalRecipe, progress: bool = True) -> np.ndarray:
     categories = sample_categories(recipe.categories, rng, fill=recipe.fill, n_maps=recipe.n_maps, **common)
     return np.stack([
         render_instances(category, recipe.instances, rng, jitter=recipe.jitter, **common)
-        for category in tqdm(categories, desc="rendering fractals", disable=not progress)
+        for category in progress_bar(categories, desc="rendering fractals", disable=not progress)
     ])
 
 

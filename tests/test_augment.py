@@ -1,5 +1,5 @@
-import re
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -271,21 +271,21 @@ def test_loader_throughput_counts_images_per_second():
 SMOKE = profiles.resolve("smoke", epochs=1, batch_size=8)
 
 
-def test_ablation_trains_each_preset_from_the_same_start(tiny_model_dir):
+def test_ablation_trains_each_preset_and_seed_from_the_same_start(tiny_model_dir):
     splits = digit_like_splits(36)
-    settings = dataclasses.replace(SMOKE, model_name=str(tiny_model_dir))
+    settings = dataclasses.replace(SMOKE, model_name=str(tiny_model_dir), dataset_name="digits")
     verbosity = transformers_logging.get_verbosity()
-    result = l04.run_ablation(splits, settings, ("none", "strong"), progress=False)
+    result = l04.run_ablation(splits, settings, ("none", "strong"), seeds=2, long_presets=("none",), progress=False)
     assert transformers_logging.get_verbosity() == verbosity  # load reports are silenced only while loading
-    assert list(result.histories) == ["none", "strong"]
-    assert all(0 <= accuracy <= 1 for accuracy in result.test_accuracy.values())
-    assert result.best in ("none", "strong")
+    assert result.arms() == [("none", 1), ("strong", 1), ("none", 2)] and not result.flip  # digits: no mirror
+    assert [(run.seed, len(run.history)) for run in result.runs] == [(0, 1), (1, 1), (0, 1), (1, 1), (0, 2), (1, 2)]
+    assert all(0 <= run.test_accuracy <= 1 for run in result.runs)
     table = result.table()
-    assert "| none |" in table and "| strong |" in table and " pt |" in table
-    assert [len(ax.lines) for ax in result.plot().axes] == [2, 2]
-    again = l04.run_ablation(splits, settings, ("none",), progress=False)
-    assert again.histories["none"].column("val_loss") == result.histories["none"].column("val_loss")
-    assert again.test_accuracy["none"] == result.test_accuracy["none"]
+    assert "| none | 1 |" in table and "| strong | 1 |" in table and "| none | 2 |" in table and "(rule: ±" in table
+    assert [len(ax.lines) for ax in result.plot().axes][1] == 3  # one mean validation curve per arm
+    again = l04.run_ablation(splits, settings, ("none",), seeds=1, long_presets=(), progress=False)
+    assert again.runs[0].history.column("val_loss") == result.runs[0].history.column("val_loss")
+    assert again.runs[0].test_accuracy == result.runs[0].test_accuracy
 
 
 @pytest.mark.parametrize("presets, magnitude", [(("none", "extreme"), 0.5), (("none",), 2.0)])

@@ -1,6 +1,6 @@
-import re
 import os
 import pickle
+import re
 import sys
 import warnings
 from dataclasses import replace

@@ -1,7 +1,6 @@
 """Tests for helpers.freezing on a tiny randomly initialised ViT."""
-import re
-
 import dataclasses
+import re
 
 import numpy as np
 import pytest

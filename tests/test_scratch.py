@@ -1,4 +1,5 @@
 import re
+
 import matplotlib
 
 matplotlib.use("Agg")

@@ -1,6 +1,6 @@
 """Lesson 00's checker accepts the standard error of an accuracy and nothing near it."""
-import re
 import math
+import re
 
 import pytest
 

@@ -4,7 +4,8 @@ from helpers.course.cli import main  # noqa: F401
 from helpers.course.notebook import (  # noqa: F401
     BUILD,
     NOTEBOOKS,
-    RECORD_KEY,
+    RECORDED,
+    RECORDS_FILE,
     ROOT,
     format_value,
     read_records,

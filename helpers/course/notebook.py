@@ -2,9 +2,9 @@
 `record()` stores a key result for the run's summary and the tests, `show_code()` shows library code."""
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
-
-import nbformat
 
 from helpers import caches, profiles
 
@@ -17,7 +17,10 @@ NOTEBOOKS = ROOT / "notebooks"
 BUILD = ROOT / "build"
 
 
-RECORD_KEY = "course_record"
+RECORDS_FILE = "COURSE_RECORDS"  # the environment variable through which the runner names its records file
+
+
+RECORDED: dict = {}  # what this kernel recorded so far, for a look in JupyterLab
 
 
 def start(profile: str = "auto", overrides: dict | None = None) -> profiles.Settings:
@@ -59,12 +62,17 @@ def prepare_notebook_display() -> None:
 
 
 def record(**values) -> None:
-    """Show key results and store them in the notebook's output, for `course run`'s summary and the tests."""
-    from IPython.display import display
+    """Store key results for `course run`'s summary and the tests, without showing anything in the notebook.
 
+    The runner names a file in the environment variable `COURSE_RECORDS`; each call appends one JSON
+    line to it. Without one (JupyterLab) the values are kept in `RECORDED` only.
+    """
     plain = {key: to_plain(value) for key, value in values.items()}
-    text = "  ".join(f"{key}={format_value(value)}" for key, value in plain.items())
-    display({"text/plain": f"recorded: {text}"}, raw=True, metadata={RECORD_KEY: plain})
+    RECORDED.update(plain)
+    path = os.environ.get(RECORDS_FILE)
+    if path:
+        with open(path, "a", encoding="utf-8") as records:
+            records.write(json.dumps(plain) + "\n")
 
 
 def to_plain(value):
@@ -82,12 +90,12 @@ def format_value(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def read_records(notebook: nbformat.NotebookNode) -> dict:
-    """Every value recorded in an executed notebook (later records win)."""
+def read_records(path: str | os.PathLike) -> dict:
+    """Every value `record()` appended to the records file at `path` (later records win); {} if there is none."""
     values = {}
-    for cell in notebook.cells:
-        for output in cell.get("outputs", []):
-            values.update(output.get("metadata", {}).get(RECORD_KEY, {}))
+    if Path(path).exists():
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            values.update(json.loads(line))
     return values
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import nbformat
 
 from helpers import profiles
-from helpers.course.notebook import BUILD, NOTEBOOKS, format_value, read_records
+from helpers.course.notebook import BUILD, NOTEBOOKS, RECORDS_FILE, format_value, read_records
 
 
 @dataclass
@@ -88,28 +89,33 @@ def execute(notebook: Path, output: Path, parameters: dict, timeout: int | None 
     from papermill.exceptions import PapermillExecutionError
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    os.environ["COURSE_HEADLESS"] = "1"  # the kernel inherits it: explorers draw one static view
+    os.environ["COURSE_HEADLESS"] = "1"  # the kernel inherits it: explorers draw one static view, bars one line
     started = time.perf_counter()
     error = ""
-    try:
-        papermill.execute_notebook(
-            str(notebook), str(output), parameters=parameters, kernel_name="python3",
-            cwd=str(notebook.parent), progress_bar=False, execution_timeout=timeout,
-        )
-    except PapermillExecutionError as failure:
-        first_line = failure.source.strip().splitlines()[0] if failure.source.strip() else ""
-        error = (f"cell {failure.cell_index} of {output} (In [{failure.exec_count}], starting "
-                 f"{first_line!r}) raised {failure.ename}: {failure.evalue}")
-    except DeadKernelError:
-        error = (f"the kernel died in {last_started_cell(output)}: the process exited or was killed "
-                 "(often for lack of memory)")
-    except CellTimeoutError:
-        error = (f"{last_started_cell(output)} ran past the cell timeout of {timeout} s: find what hangs, "
-                 "or allow more with --cell-timeout")
-    except Exception as failure:  # noqa: BLE001 - the kernel would not start, the file is not a notebook, ...
-        error = f"papermill could not run it ({type(failure).__name__}: {str(failure).strip()[:300]})"
+    with tempfile.TemporaryDirectory(prefix="course-records-") as folder:
+        records_file = Path(folder) / "records.jsonl"
+        os.environ[RECORDS_FILE] = str(records_file)  # where the kernel's record() calls write
+        try:
+            papermill.execute_notebook(
+                str(notebook), str(output), parameters=parameters, kernel_name="python3",
+                cwd=str(notebook.parent), progress_bar=False, execution_timeout=timeout,
+            )
+        except PapermillExecutionError as failure:
+            first_line = failure.source.strip().splitlines()[0] if failure.source.strip() else ""
+            error = (f"cell {failure.cell_index} of {output} (In [{failure.exec_count}], starting "
+                     f"{first_line!r}) raised {failure.ename}: {failure.evalue}")
+        except DeadKernelError:
+            error = (f"the kernel died in {last_started_cell(output)}: the process exited or was killed "
+                     "(often for lack of memory)")
+        except CellTimeoutError:
+            error = (f"{last_started_cell(output)} ran past the cell timeout of {timeout} s: find what hangs, "
+                     "or allow more with --cell-timeout")
+        except Exception as failure:  # noqa: BLE001 - the kernel would not start, the file is not a notebook, ...
+            error = f"papermill could not run it ({type(failure).__name__}: {str(failure).strip()[:300]})"
+        finally:
+            os.environ.pop(RECORDS_FILE, None)
+        records = read_records(records_file)
     seconds = time.perf_counter() - started
-    records = read_records(nbformat.read(output, as_version=4)) if output.exists() else {}
     return Result(notebook.stem, seconds, records, error)
 
 

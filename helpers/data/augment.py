@@ -3,7 +3,7 @@
 Presets, mildest first (`PRESETS`):
 
 - ``none``: resize and normalise, exactly the evaluation transform.
-- ``basic``: RandomResizedCrop + horizontal flip.
+- ``basic``: RandomResizedCrop + horizontal flip (the flip only where a mirror keeps the label).
 - ``randaugment``: ``basic`` + RandAugment (2 random ops per image).
 - ``trivialaugment``: ``basic`` + TrivialAugmentWide (1 random op, random strength).
 - ``strong``: ``randaugment`` + RandomErasing, plus MixUp/CutMix on each batch.
@@ -30,6 +30,10 @@ shared `to_model_input` (float32 + the processor's normalisation, the same last 
 as evaluation), then RandomErasing on the normalised tensor (so an erased box holds 0,
 which is the processor's mean colour). MixUp/CutMix run later, on float batches.
 
+Data-aware: a left-right mirror keeps the label of a photo (a mirrored cat is a cat) but not of a
+digit or of text (a mirrored 3 is no digit). `build(..., flip=False)` leaves the flip out;
+`mirror_safe(dataset_name)` says which datasets the kit knows to be safe to mirror.
+
 Randomness: a v2 transform draws one set of random parameters per call. The datasets
 call the train transform in ``__getitem__``, once per image, so each image of a
 DataLoader batch gets its own draw.
@@ -37,20 +41,13 @@ DataLoader batch gets its own draw.
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-import torch
-from matplotlib.figure import Figure
-from torchvision.transforms import v2
-from tqdm.auto import tqdm
-from helpers.plots import as_displayable
-from helpers.data.transforms import ImageSpec, eval_transform, to_model_input
-from helpers.data.images import LabeledImages
-from helpers.data.splits import Splits
-from helpers.data.loaders import make_loader
-from helpers.profiles import Settings
 
+import torch
+from torchvision.transforms import v2
+
+from helpers.data.transforms import ImageSpec, eval_transform, to_model_input
 
 PRESETS = ("none", "basic", "randaugment", "trivialaugment", "strong")
 
@@ -62,6 +59,18 @@ BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torc
 
 
 BoxSampler = Callable[[int, int, float, torch.Generator], tuple[int, int, int, int]]
+
+
+NOT_MIRROR_SAFE = ("digits",)  # datasets whose labels a left-right mirror changes
+
+
+def mirror_safe(dataset_name: str) -> bool:
+    """Whether a left-right mirror keeps the labels of the dataset named `dataset_name` (lesson 04).
+
+    False for digits (and would be for any text); True for the photos of CIFAR and of an image folder.
+    Pass the answer to `build(..., flip=...)` and `DeviceImages(flip=...)`.
+    """
+    return dataset_name not in NOT_MIRROR_SAFE
 
 
 @dataclass(frozen=True)
@@ -114,8 +123,12 @@ def check_preset(preset: str) -> None:
         raise ValueError(f"Unknown augmentation preset {preset!r}; choose one of: {', '.join(PRESETS)}.")
 
 
-def build(preset: str, spec: ImageSpec, magnitude: float = 0.5, *, num_classes: int | None = None) -> Augmentation:
-    """The `preset` (one of `PRESETS`) at `magnitude` for images of `spec`; ``strong`` needs `num_classes` (lesson 04)."""
+def build(preset: str, spec: ImageSpec, magnitude: float = 0.5, *, num_classes: int | None = None,
+          flip: bool = True) -> Augmentation:
+    """The `preset` (one of `PRESETS`) at `magnitude` for images of `spec`; ``strong`` needs `num_classes` (lesson 04).
+
+    `flip=False` leaves out the horizontal flip, for data a mirror changes (see `mirror_safe`).
+    """
     check_preset(preset)
     s = strengths(magnitude)
     batch_transform = None
@@ -126,16 +139,18 @@ def build(preset: str, spec: ImageSpec, magnitude: float = 0.5, *, num_classes: 
     return Augmentation(
         name=preset,
         magnitude=s.magnitude,
-        train_transform=_train_transform(preset, spec, s),
+        train_transform=_train_transform(preset, spec, s, flip),
         eval_transform=eval_transform(spec),
         batch_transform=batch_transform,
     )
 
 
-def _train_transform(preset: str, spec: ImageSpec, s: Strengths) -> v2.Transform:
+def _train_transform(preset: str, spec: ImageSpec, s: Strengths, flip: bool) -> v2.Transform:
     if preset == "none":
         return eval_transform(spec)
-    steps = [v2.RandomResizedCrop(spec.size, scale=s.crop_scale, ratio=s.crop_ratio), v2.RandomHorizontalFlip()]
+    steps = [v2.RandomResizedCrop(spec.size, scale=s.crop_scale, ratio=s.crop_ratio)]
+    if flip:
+        steps.append(v2.RandomHorizontalFlip())
     if preset in ("randaugment", "strong"):
         steps.append(_randaugment(s))
     if preset == "trivialaugment":

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
-from tqdm.auto import tqdm
 
 from helpers.data.images import FileImages, LabeledImages
 from helpers.data.photos import HEIC_FIX, HEIC_ISSUE, HEIC_SUFFIXES, heif_available, photo_notes
+from helpers.progress import progress_bar
 
 TINY_IMAGE_SIDE = 16
 
@@ -65,7 +65,7 @@ def scan_folder(path: str | os.PathLike) -> FolderScan:
         scan.problems.append(Problem(loose, "not inside a class folder", "skipped; move it into its class folder"))
     walked: set[Path] = set()
     readable: dict[Path, list[tuple[Path, str]]] = {}
-    bar = tqdm(total=0, desc="scan", unit=" files", leave=False)
+    bar = progress_bar(total=0, desc="scan", unit=" files", leave=False)
     for class_dir in walkable_folders(root, [p for p in sorted(root.iterdir()) if p.is_dir()], walked, scan.problems):
         files = class_files(class_dir, root, walked, scan.problems)
         bar.total += len(files)
@@ -189,7 +189,7 @@ def export_image_folder(dataset: LabeledImages, root: str | os.PathLike, per_cla
     if root.exists() and any(root.iterdir()):
         raise ValueError(f"{root} is not empty: export into a new or empty folder so no old files mix in.")
     written = Counter()
-    for index in tqdm(range(len(dataset)), desc="writing PNGs", leave=False):
+    for index in progress_bar(range(len(dataset)), desc="writing PNGs", leave=False):
         label = dataset.labels[index]
         if per_class is not None and written[label] >= per_class:
             continue

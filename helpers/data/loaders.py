@@ -1,23 +1,9 @@
 """Feeding a model (lesson 03): the DataLoader, class weights and a class-balanced sampler."""
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import os
-import pickle
-import time
-import warnings
-from collections import Counter
-from dataclasses import dataclass, field, replace
-from pathlib import Path
 import numpy as np
 import torch
-from PIL import Image
-from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
-from torchvision import tv_tensors
-from torchvision.transforms import v2
-from tqdm.auto import tqdm
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
 
 def class_weights(labels, num_classes: int | None = None) -> torch.Tensor:

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from scipy.fft import dctn
-from tqdm.auto import tqdm
+
+from helpers.progress import progress_bar
 
 BACKGROUND = (255, 255, 255)  # what transparent pixels are composited onto: white, like a page or a web view
 
@@ -151,7 +152,7 @@ def prepare(paths, short_side: int, cache_dir: str | os.PathLike, progress: bool
     cache_dir = Path(cache_dir).expanduser()
     cache_dir.mkdir(parents=True, exist_ok=True)
     cached = []
-    for path in tqdm(list(paths), desc="prepare", disable=not progress):
+    for path in progress_bar(list(paths), desc="prepare", disable=not progress):
         target = cache_dir / cache_name(path, short_side)
         if not target.exists():
             partial = target.with_name(f".{target.stem}.{os.getpid()}.png")
@@ -202,4 +203,4 @@ def near_duplicates(hashes, max_distance: int = 10, chunk: int = 2048) -> list[N
 
 def dataset_hashes(dataset, progress: bool = True) -> list[int]:
     """The perceptual hash of every image of a `helpers.data` dataset, in order (lesson 07)."""
-    return [perceptual_hash(dataset.image(i)) for i in tqdm(range(len(dataset)), desc="hashes", disable=not progress)]
+    return [perceptual_hash(dataset.image(i)) for i in progress_bar(range(len(dataset)), desc="hashes", disable=not progress)]

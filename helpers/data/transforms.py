@@ -4,23 +4,11 @@ Every pipeline ends in `to_model_input`: uint8 -> float in [0, 1] -> normalised 
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import os
-import pickle
-import time
-import warnings
-from collections import Counter
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-import numpy as np
+from dataclasses import dataclass
+
 import torch
-from PIL import Image
-from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
-from torchvision import tv_tensors
 from torchvision.transforms import v2
-from tqdm.auto import tqdm
+
 from helpers.data.images import LabeledImages
 
 

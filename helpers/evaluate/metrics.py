@@ -81,6 +81,35 @@ def top_k_accuracy(probs, labels, k: int) -> float:
     return float((top_k == labels[:, None]).any(axis=1).mean())
 
 
+def accuracy_standard_error(accuracy: float, n_images: int) -> float:
+    """How far an accuracy measured on `n_images` test images is off by chance: sqrt(p (1 - p) / n) (lesson 00).
+
+    Each test image is right with probability p (the accuracy), so the share that is right has this standard
+    error; about 95% of test sets of this size land within two standard errors of the true accuracy.
+    """
+    if not 0 <= accuracy <= 1:
+        raise ValueError(f"accuracy must be between 0 and 1; got {accuracy!r}.")
+    if not (isinstance(n_images, (int, np.integer)) and n_images >= 1):
+        raise ValueError(f"n_images must be a whole number of at least 1; got {n_images!r}.")
+    return float(np.sqrt(accuracy * (1 - accuracy) / n_images))
+
+
+def noise_threshold(accuracy: float, n_images: int, seed_sd: float = 0.0, seeds: int = 1) -> float:
+    """The course's one noise rule (lesson 00): the smallest gap between two accuracies that counts as real.
+
+    One result is uncertain by its test set's sampling error and, when it is the mean of `seeds` runs whose
+    accuracies spread by `seed_sd` (a standard deviation), by that spread: se² = p (1 - p) / n + seed_sd² / seeds.
+    The gap between two such results then has a standard error of √2 · se, and a gap counts only beyond twice
+    that, 2 √2 · se (a chance gap exceeds it about one time in twenty). Near 97% on 270 images that is about
+    3 points. Two models scored on the same test images share its sampling error, so a paired test (lesson 06)
+    resolves smaller gaps; this rule is the safe reading of a results table.
+    """
+    if seed_sd < 0 or seeds < 1:
+        raise ValueError(f"seed_sd must be >= 0 and seeds >= 1; got seed_sd={seed_sd!r}, seeds={seeds!r}.")
+    variance = accuracy_standard_error(accuracy, n_images) ** 2 + seed_sd**2 / seeds
+    return float(2 * np.sqrt(2 * variance))
+
+
 @dataclass
 class ClassScores:
     """Precision, recall and F1 of one class (or an average over classes) and its number of true images (lesson 06)."""

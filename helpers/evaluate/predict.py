@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from helpers.data.loaders import make_loader
 from helpers.models import device_of, eval_mode
+from helpers.progress import progress_bar
 from helpers.train.loop import logits_of
 
 TTA_MODES = ("flip", "crops", "flip+crops")
@@ -63,7 +63,7 @@ def predict(
     loader = make_loader(dataset, batch_size, num_workers=num_workers)
     logits, labels = [], []
     with eval_mode(model), torch.inference_mode():
-        for images, targets in tqdm(loader, desc="predict", disable=not progress):
+        for images, targets in progress_bar(loader, desc="predict", disable=not progress):
             if not images.is_floating_point():
                 raise TypeError(
                     f"predict needs float image tensors but got {images.dtype}; give the dataset "

@@ -620,3 +620,27 @@ def check_attention_head(attend) -> None:
         "helpers.lessons.l01_vit_theory.attention_weights."
     )
     print("Correct: your head matches softmax(Q·Kᵀ/√d)·V.")
+
+
+@checker
+def check_quadratic_share(share: float, *, image_size: int, patch_size: int, hidden_size: int) -> None:
+    """Exercise checker: `share` is the fraction of one encoder block's FLOPs (attention and MLP with 4·D hidden
+    units) spent in the N² part of attention (scores and weighted sum), for one image."""
+    if not (isinstance(share, (int, float)) and 0 <= share <= 1):
+        raise AssertionError(f"Give the share as a fraction between 0 and 1, got {share!r}.")
+    tokens = sequence_length(image_size, patch_size)
+    quadratic = 4 * tokens**2 * hidden_size
+    block = attention_flops(tokens, hidden_size) + mlp_flops(tokens, hidden_size, 4 * hidden_size)
+    expected = quadratic / block
+    attention_only = quadratic / attention_flops(tokens, hidden_size)
+    if math.isclose(share, attention_only, rel_tol=1e-3):
+        raise AssertionError("That is the share within attention alone: a block also runs the MLP, 16·N·D² FLOPs.")
+    without_cls = 4 * (tokens - 1) ** 2 * hidden_size / (attention_flops(tokens - 1, hidden_size)
+                                                          + mlp_flops(tokens - 1, hidden_size, 4 * hidden_size))
+    if math.isclose(share, without_cls, rel_tol=1e-3):
+        raise AssertionError("Count the CLS token too: attention runs over N + 1 tokens.")
+    if not math.isclose(share, expected, rel_tol=1e-3):
+        raise AssertionError("Add up one block: 8·N·D² (the four projections) + 4·N²·D (scores and weighted sum) + "
+                             "16·N·D² (the MLP), with N the tokens including CLS; the N² part is 4·N²·D of it.")
+    print(f"Correct: {tokens} tokens; {expected:.1%} of a block's FLOPs are in the N² part, so the whole block "
+          f"grows almost linearly with the tokens until N approaches 6·D = {6 * hidden_size}.")

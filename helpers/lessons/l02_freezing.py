@@ -24,10 +24,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
-from tqdm.auto import tqdm
 
 from helpers.course.checks import checker
 from helpers.data.loaders import make_loader
+from helpers.evaluate.metrics import noise_threshold
 from helpers.freezing import (
     DEFAULT_LR_DECAY,
     add_lora,
@@ -45,6 +45,7 @@ from helpers.freezing import (
     trainable_names,
 )
 from helpers.profiles import Settings
+from helpers.progress import progress_bar
 from helpers.train.device_images import default_device
 from helpers.train.history import History
 from helpers.train.loop import fit, seed_everything
@@ -225,7 +226,7 @@ class RunResult:
     backbone: str
     trainable: int
     total: int
-    seconds_per_epoch: float  # wall clock, training and validation
+    seconds_per_epoch: float  # wall clock, training and validation: the median over the epochs
     cpu_seconds_per_epoch: float  # this process's CPU time, all threads: steadier than wall on a shared machine
     peak_memory_mb: float
     activation_mb_per_image: float
@@ -268,7 +269,7 @@ def run_recipe(
         backbone=backbone,
         trainable=count.trainable,
         total=count.total,
-        seconds_per_epoch=float(np.mean(history.column("seconds"))),
+        seconds_per_epoch=float(np.median(history.column("seconds"))),
         cpu_seconds_per_epoch=cpu_seconds / len(history),
         peak_memory_mb=memory.mb,
         activation_mb_per_image=activation,
@@ -285,30 +286,52 @@ def compare_strategies(
 ) -> list[RunResult]:
     """`run_recipe` for each recipe with the same settings (an equal budget); one progress bar."""
     results = []
-    for recipe in tqdm(recipes, desc=f"strategies ({backbone})"):
+    for recipe in progress_bar(recipes, desc=f"strategies ({backbone})"):
         results.append(run_recipe(recipe, load, train_set, val_set, settings, backbone, progress=False))
     return results
 
 
-def results_table(results: list[RunResult], baselines: dict[str, float] | None = None) -> str:
-    """A markdown table of the results, then one row per baseline (name -> validation accuracy)."""
+def results_table(results: list[RunResult], baselines: dict[str, float] | None = None,
+                  val_images: int | None = None) -> str:
+    """A markdown table of the results, then one row per baseline (name -> validation accuracy).
+
+    With `val_images`, a last column gives each strategy's gap to full fine-tuning on the same backbone and
+    whether the noise rule (`evaluate.noise_threshold`) reads it as real or within the noise.
+    """
+    full = {r.backbone: r.val_accuracy for r in results if r.strategy == "full fine-tune"}
     lines = [
         "| strategy | backbone | trainable | trainable % | s / epoch | CPU s / epoch | peak memory MB "
-        "| activations MB / image | val accuracy |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| activations MB / image | val accuracy |" + (" vs full fine-tune |" if val_images else ""),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---|" if val_images else ""),
     ]
-    lines += [
-        f"| {r.strategy} | {r.backbone} | {r.trainable:,} | {r.trainable_percent:.2f} | {r.seconds_per_epoch:.2f} "
-        f"| {r.cpu_seconds_per_epoch:.2f} | {r.peak_memory_mb:.0f} | {r.activation_mb_per_image:.3f} "
-        f"| {r.val_accuracy:.1%} |"
-        for r in results
-    ]
-    lines += [f"| {name} | control | | | | | | | {accuracy:.1%} |" for name, accuracy in (baselines or {}).items()]
+    for r in results:
+        line = (f"| {r.strategy} | {r.backbone} | {r.trainable:,} | {r.trainable_percent:.2f} "
+                f"| {r.seconds_per_epoch:.2f} | {r.cpu_seconds_per_epoch:.2f} | {r.peak_memory_mb:.0f} "
+                f"| {r.activation_mb_per_image:.3f} | {r.val_accuracy:.1%} |")
+        if val_images:
+            reference = None if r.strategy == "full fine-tune" else full.get(r.backbone)
+            line += f" {gap_to(r.val_accuracy, reference, val_images)} |"
+        lines.append(line)
+    lines += [f"| {name} | control | | | | | | | {accuracy:.1%} |" + (" |" if val_images else "")
+              for name, accuracy in (baselines or {}).items()]
     return "\n".join(lines)
 
 
-def plot_comparison(results: list[RunResult], baselines: dict[str, float] | None = None) -> Figure:
-    """Validation accuracy per strategy, pretrained beside random init, with baselines as lines; and s/epoch."""
+def gap_to(accuracy: float, reference: float | None, n_images: int) -> str:
+    """'+1.2 pt, within noise' or '-9.3 pt, real': `accuracy` against `reference` under the noise rule."""
+    if reference is None:
+        return "-"
+    gap = accuracy - reference
+    real = abs(gap) > noise_threshold((accuracy + reference) / 2, n_images)
+    return f"{100 * gap:+.1f} pt, {'real' if real else 'within noise'}"
+
+
+def plot_comparison(results: list[RunResult], baselines: dict[str, float] | None = None,
+                    val_images: int | None = None) -> Figure:
+    """Validation accuracy per strategy, pretrained beside random init, with baselines as lines; and s/epoch.
+
+    With `val_images`, a grey band marks full fine-tuning (first backbone) ± the noise rule: bars inside it
+    cannot be told apart from it."""
     strategies = list(dict.fromkeys(r.strategy for r in results))
     backbones = list(dict.fromkeys(r.backbone for r in results))
     by_key = {(r.strategy, r.backbone): r for r in results}
@@ -322,6 +345,11 @@ def plot_comparison(results: list[RunResult], baselines: dict[str, float] | None
         ax_acc.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.0%}" for v in values], fontsize=6)
     for j, (name, accuracy) in enumerate((baselines or {}).items()):
         ax_acc.axhline(accuracy, color=f"C{len(backbones) + j}", linestyle="--", linewidth=1, label=name)
+    full = by_key.get(("full fine-tune", backbones[0]))
+    if val_images and full is not None:
+        band = noise_threshold(full.val_accuracy, val_images)
+        ax_acc.axhspan(full.val_accuracy - band, full.val_accuracy + band, color="grey", alpha=0.2,
+                       label=f"full fine-tune ± noise rule ({100 * band:.1f} pt)")
     ax_acc.set_xticks(positions, strategies, rotation=30, ha="right", fontsize=8)
     ax_acc.set(ylabel="validation accuracy", ylim=(0, 1.05), title="accuracy at an equal budget")
     ax_acc.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.42), ncol=2, frameon=False)
@@ -410,3 +438,25 @@ def check_llrd_groups(groups: list[dict], model: nn.Module, lr: float, decay: fl
             )
     print(f"Correct: {len(groups)} groups, from {max(g['lr'] for g in groups):.2g} at the head down to "
           f"{min(g['lr'] for g in groups):.2g}.")
+
+
+@checker
+def check_bitfit_by_hand(model: nn.Module) -> None:
+    """Checker: BitFit proper, set with a `named_parameters()` loop: every bias and the classifier train, nothing
+    else (in particular no LayerNorm gain, which scales rather than shifts)."""
+    trains = {name for name, param in model.named_parameters() if param.requires_grad}
+    wanted = {name for name, _ in model.named_parameters() if name.endswith(".bias") or name.startswith("classifier.")}
+    gains = {name for name in trains - wanted if "norm" in name.lower()}
+    others = trains - wanted - gains
+    assert not others, (f"{len(others)} parameters train that are neither a bias nor the classifier (e.g. "
+                        f"{sorted(others)[0]}): freeze them.")
+    assert not gains, (f"{len(gains)} LayerNorm gains train (e.g. {sorted(gains)[0]}): a gain multiplies, it is not a "
+                       "bias; BitFit proper trains only the additive terms.")
+    missing = wanted - trains
+    assert not any(name.startswith("classifier.") for name in missing), (
+        "The new classifier must train: it starts from random numbers.")
+    assert not missing, (f"{len(missing)} biases are still frozen (e.g. {sorted(missing)[0]}): every bias trains, "
+                         "in attention, the MLP and the LayerNorms alike.")
+    count = count_parameters(model)
+    print(f"Correct: {len(trains)} tensors, {count.trainable:,} parameters ({count.percent:.2f}%) train: every bias "
+          "and the classifier.")

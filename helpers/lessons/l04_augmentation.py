@@ -4,22 +4,33 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torchvision.transforms import v2
-from tqdm.auto import tqdm
 
 from helpers import evaluate, models, train, widgets
 from helpers.course.checks import checker
-from helpers.data.augment import PRESETS, BatchTransform, BoxSampler, _randaugment, build, check_preset, strengths
+from helpers.data.augment import (
+    PRESETS,
+    BatchTransform,
+    BoxSampler,
+    _randaugment,
+    build,
+    check_preset,
+    mirror_safe,
+    strengths,
+)
 from helpers.data.images import LabeledImages
 from helpers.data.loaders import make_loader
 from helpers.data.splits import Splits
 from helpers.data.transforms import ImageSpec
 from helpers.plots import as_displayable
 from helpers.profiles import Settings
+from helpers.progress import progress_bar
+from helpers.timing import median_of_repeats
 
 
 def gallery_transforms(spec: ImageSpec, magnitude: float = 0.5) -> dict[str, v2.Transform]:
@@ -226,81 +237,171 @@ def loader_throughput(dataset: LabeledImages, batch_size: int, *, num_workers: i
 
 def throughput_by_preset(dataset: LabeledImages, spec: ImageSpec, presets: Sequence[str] = PRESETS,
                          magnitude: float = 0.5, *, batch_size: int = 64, num_workers: int = 0,
-                         max_images: int | None = None) -> dict[str, float]:
-    """`loader_throughput` (images/s) of each preset's train transform and batch mixing on `dataset`."""
-    augmentations = [build(p, spec, magnitude, num_classes=len(dataset.classes)) for p in presets]
+                         max_images: int | None = None, flip: bool = True, repeats: int = 3) -> dict[str, float]:
+    """`loader_throughput` (images/s) of each preset's train transform and batch mixing on `dataset`: the median
+    of `repeats` measurements."""
+    augmentations = [build(p, spec, magnitude, num_classes=len(dataset.classes), flip=flip) for p in presets]
     return {
-        aug.name: loader_throughput(dataset.with_transform(aug.train_transform), batch_size,
-                                    num_workers=num_workers, batch_transform=aug.batch_transform,
-                                    max_images=max_images)
-        for aug in tqdm(augmentations, desc="throughput")
+        aug.name: median_of_repeats(lambda: loader_throughput(
+            dataset.with_transform(aug.train_transform), batch_size, num_workers=num_workers,
+            batch_transform=aug.batch_transform, max_images=max_images), repeats)
+        for aug in progress_bar(augmentations, desc="throughput")
     }
 
 
 ABLATION_PRESETS = ("none", "basic", "randaugment", "strong")
 
 
+ABLATION_SEEDS = 3
+
+
+LONG_ARM_PRESETS = ("none", "strong")  # trained again with a longer budget
+
+
+@dataclass
+class AblationRun:
+    """One fine-tune of the ablation: its preset, budget and seed, its History and its test accuracy."""
+
+    preset: str
+    epochs: int
+    seed: int
+    history: train.History
+    test_accuracy: float
+
+
 @dataclass
 class AblationResult:
-    """One fine-tune per preset: each run's History and its test accuracy."""
+    """Every run of the ablation, and what they say per arm (a preset at one budget) over the seeds."""
 
     magnitude: float
-    histories: dict[str, train.History]
-    test_accuracy: dict[str, float]
+    flip: bool
+    test_images: int
+    runs: list[AblationRun]
 
-    @property
-    def best(self) -> str:
-        """The preset with the highest test accuracy."""
-        return max(self.test_accuracy, key=self.test_accuracy.get)
+    def arms(self) -> list[tuple[str, int]]:
+        """(preset, epochs) of each arm, in the order they ran."""
+        return list(dict.fromkeys((run.preset, run.epochs) for run in self.runs))
+
+    def accuracies(self, preset: str, epochs: int) -> list[float]:
+        """The test accuracy of each seed of one arm."""
+        return [run.test_accuracy for run in self.runs if (run.preset, run.epochs) == (preset, epochs)]
+
+    def mean_sd(self, preset: str, epochs: int) -> tuple[float, float]:
+        """Mean and standard deviation (n - 1) over the seeds of one arm's test accuracy."""
+        values = np.array(self.accuracies(preset, epochs))
+        return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+    def threshold(self, preset: str, epochs: int, baseline: tuple[str, int]) -> float:
+        """The noise rule (`evaluate.noise_threshold`) for comparing an arm with `baseline`, from both arms'
+        mean accuracy, the test-set size and the larger of their seed spreads."""
+        (mean, sd), (base_mean, base_sd) = self.mean_sd(preset, epochs), self.mean_sd(*baseline)
+        seeds = min(len(self.accuracies(preset, epochs)), len(self.accuracies(*baseline)))
+        return evaluate.noise_threshold((mean + base_mean) / 2, self.test_images, max(sd, base_sd), seeds)
+
+    def verdict(self, preset: str, epochs: int, baseline: tuple[str, int]) -> str:
+        """'better', 'worse' or 'within noise': the arm against `baseline` under the noise rule."""
+        gap = self.mean_sd(preset, epochs)[0] - self.mean_sd(*baseline)[0]
+        if abs(gap) <= self.threshold(preset, epochs, baseline):
+            return "within noise"
+        return "better" if gap > 0 else "worse"
 
     def table(self) -> str:
-        """A markdown table: best and final validation accuracy, test accuracy and gain over `none` per preset."""
-        base = self.test_accuracy.get("none")
-        lines = ["| preset | best val acc | final val acc | test acc | vs none | train time |",
-                 "|---|---|---|---|---|---|"]
-        for preset, history in self.histories.items():
-            test = self.test_accuracy[preset]
-            gain = "-" if base is None or preset == "none" else f"{100 * (test - base):+.1f} pt"
-            seconds = sum(history.column("seconds"))
-            lines.append(f"| {preset} | {history.best['val_accuracy']:.1%} | {history.rows[-1]['val_accuracy']:.1%}"
-                         f" | {test:.1%} | {gain} | {seconds:.0f} s |")
+        """A markdown table per arm: test accuracy of each seed, mean ± sd, the gap to `none` at the same budget
+        with the noise rule's verdict, and the median seconds per epoch."""
+        lines = ["| preset | epochs | test accuracy per seed | mean ± sd | vs none (same epochs) | s / epoch (median) |",
+                 "|---|---:|---|---|---|---:|"]
+        for preset, epochs in self.arms():
+            mean, sd = self.mean_sd(preset, epochs)
+            seeds = ", ".join(f"{value:.1%}" for value in self.accuracies(preset, epochs))
+            gap = "-"
+            if preset != "none" and ("none", epochs) in self.arms():
+                difference = mean - self.mean_sd("none", epochs)[0]
+                gap = (f"{100 * difference:+.1f} pt: {self.verdict(preset, epochs, ('none', epochs))} "
+                       f"(rule: ±{100 * self.threshold(preset, epochs, ('none', epochs)):.1f})")
+            seconds = float(np.median([s for run in self.runs if (run.preset, run.epochs) == (preset, epochs)
+                                       for s in run.history.column("seconds")]))
+            lines.append(f"| {preset} | {epochs} | {seeds} | {mean:.1%} ± {100 * sd:.1f} | {gap} | {seconds:.1f} |")
         return "\n".join(lines)
 
     def plot(self) -> Figure:
-        """Validation accuracy and validation loss per epoch, one line per preset."""
-        fig = Figure(figsize=(8, 2.8), layout="constrained")
-        ax_acc, ax_loss = fig.subplots(1, 2)
-        for preset, history in self.histories.items():
-            epochs = history.column("epoch")
-            ax_acc.plot(epochs, history.column("val_accuracy"), marker="o", label=preset)
-            ax_loss.plot(epochs, history.column("val_loss"), marker="o", label=preset)
-        ax_acc.set(xlabel="epoch", ylabel="accuracy", title="validation accuracy")
-        ax_loss.set(xlabel="epoch", ylabel="loss", title="validation loss")
-        ax_acc.legend()
-        fig.suptitle(f"augmentation ablation, magnitude {self.magnitude:g}")
+        """Test accuracy per arm (mean ± sd, each seed a dot), and the mean validation curve of each preset."""
+        fig = Figure(figsize=(9, 3.2), layout="constrained")
+        ax_arms, ax_curves = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1]})
+        for position, (preset, epochs) in enumerate(self.arms()):
+            mean, sd = self.mean_sd(preset, epochs)
+            color = f"C{list(dict.fromkeys(p for p, _ in self.arms())).index(preset)}"
+            ax_arms.errorbar(position, mean, yerr=sd, fmt="o", color=color, capsize=4)
+            values = self.accuracies(preset, epochs)
+            ax_arms.scatter([position] * len(values), values, color=color, alpha=0.4, s=12)
+        ax_arms.set_xticks(range(len(self.arms())), [f"{p}\n{e} ep" for p, e in self.arms()], fontsize=7)
+        ax_arms.set(ylabel="test accuracy", title="test accuracy: mean ± sd, dots = seeds")
+        for preset, epochs in self.arms():
+            curves = np.array([run.history.column("val_accuracy") for run in self.runs
+                               if (run.preset, run.epochs) == (preset, epochs)])
+            color = f"C{list(dict.fromkeys(p for p, _ in self.arms())).index(preset)}"
+            ax_curves.plot(np.arange(1, curves.shape[1] + 1), curves.mean(0), color=color,
+                           linestyle="-" if epochs == min(e for _, e in self.arms()) else "--",
+                           label=f"{preset}, {epochs} ep")
+        ax_curves.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy (mean over seeds)")
+        ax_curves.legend(fontsize=7)
+        fig.suptitle(f"augmentation ablation, magnitude {self.magnitude:g}, flips {'on' if self.flip else 'off'}")
         return fig
 
 
 def run_ablation(splits: Splits, settings: Settings, presets: Sequence[str] = ABLATION_PRESETS,
-                 magnitude: float = 0.5, *, random_init: bool = False, progress: bool = True) -> AblationResult:
-    """Fine-tune `settings.model_name` once per preset on `splits`: same seed, epochs and steps for each.
+                 magnitude: float = 0.5, *, seeds: int = ABLATION_SEEDS, long_presets: Sequence[str] = LONG_ARM_PRESETS,
+                 long_factor: int = 2, flip: bool | None = None, random_init: bool = False,
+                 progress: bool = True) -> AblationResult:
+    """Fine-tune `settings.model_name` once per preset and seed at the settings' epochs, and the `long_presets`
+    again at `long_factor` times the epochs; score each run on the test split.
 
-    Every run starts from a freshly loaded model (new head seeded by `settings.seed`,
-    or all weights random with `random_init=True`) and is scored on the test split.
+    Seeds are `settings.seed`, `settings.seed + 1`, ...: each seed fixes the new head, the shuffling and the
+    augmentation draws, the same for every preset. `flip` defaults to `mirror_safe(settings.dataset_name)`:
+    no horizontal flip where a mirror changes the label. `random_init=True` starts every run from random weights.
     """
-    for preset in presets:
+    for preset in (*presets, *long_presets):
         check_preset(preset)
     strengths(magnitude)
-    histories, test_accuracy = {}, {}
-    bar = tqdm(presets, desc="ablation", disable=not progress)
-    for preset in bar:
-        bar.set_postfix_str(preset)
-        train.seed_everything(settings.seed)
-        model, processor = models.load_model(settings.model_name, splits.classes, random_init=random_init)
-        aug = build(preset, ImageSpec.from_processor(processor), magnitude, num_classes=len(splits.classes))
-        run = splits.with_transforms(aug.train_transform, aug.eval_transform)
-        histories[preset] = train.fit(model, run.train, run.val, settings, batch_transform=aug.batch_transform,
-                                      progress=False)
-        predictions = evaluate.predict(model, run.test, batch_size=settings.batch_size, progress=False)
-        test_accuracy[preset] = evaluate.accuracy(predictions.preds, predictions.labels)
-    return AblationResult(magnitude, histories, test_accuracy)
+    flip = mirror_safe(settings.dataset_name) if flip is None else flip
+    arms = [(preset, settings.epochs) for preset in presets]
+    arms += [(preset, long_factor * settings.epochs) for preset in long_presets if long_factor > 1]
+    plan = [(preset, epochs, settings.seed + i) for preset, epochs in arms for i in range(seeds)]
+    runs = []
+    for preset, epochs, seed in progress_bar(plan, desc="ablation runs", disable=not progress):
+        runs.append(_ablation_run(splits, replace(settings, seed=seed, epochs=epochs), preset, magnitude, flip,
+                                  random_init))
+    return AblationResult(magnitude, flip, len(splits.test), runs)
+
+
+def _ablation_run(splits: Splits, settings: Settings, preset: str, magnitude: float, flip: bool,
+                  random_init: bool) -> AblationRun:
+    train.seed_everything(settings.seed)
+    model, processor = models.load_model(settings.model_name, splits.classes, random_init=random_init)
+    aug = build(preset, ImageSpec.from_processor(processor), magnitude, num_classes=len(splits.classes), flip=flip)
+    run = splits.with_transforms(aug.train_transform, aug.eval_transform)
+    history = train.fit(model, run.train, run.val, settings, batch_transform=aug.batch_transform, progress=False)
+    predictions = evaluate.predict(model, run.test, batch_size=settings.batch_size, progress=False)
+    return AblationRun(preset, settings.epochs, settings.seed, history,
+                       evaluate.accuracy(predictions.preds, predictions.labels))
+
+
+VERDICTS = ("better", "worse", "within noise")
+
+
+@checker
+def check_ablation_verdict(verdict: str, result: AblationResult, preset: str, epochs: int) -> bool:
+    """Exercise checker: `verdict` says whether `preset` at `epochs` is 'better', 'worse' or 'within noise' against
+    `none` at the same epochs, by the noise rule on the ablation's means, seed spreads and test-set size."""
+    if verdict not in VERDICTS:
+        raise AssertionError(f"Answer with one of {', '.join(repr(v) for v in VERDICTS)}, got {verdict!r}.")
+    expected = result.verdict(preset, epochs, ("none", epochs))
+    gap = result.mean_sd(preset, epochs)[0] - result.mean_sd("none", epochs)[0]
+    if verdict != expected:
+        if expected == "within noise":
+            raise AssertionError("Compare the gap of the means with the noise rule "
+                                 "(evaluate.noise_threshold with the test images, the larger seed sd and the seeds): "
+                                 "a gap inside it is no evidence either way.")
+        raise AssertionError("The gap of the means is larger than the noise rule allows: look at its sign.")
+    print(f"Correct: {preset} vs none at {epochs} epochs: {100 * gap:+.1f} points against a noise rule of "
+          f"±{100 * result.threshold(preset, epochs, ('none', epochs)):.1f}: {expected}.")
+    return True

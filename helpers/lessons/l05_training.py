@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -15,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from helpers.course.checks import checker
 from helpers.profiles import Settings
+from helpers.progress import progress_bar
 from helpers.train.checkpoint import left_as_it_was
 from helpers.train.history import History
 from helpers.train.loop import (
@@ -39,7 +40,7 @@ from helpers.train.optim import (
     run_steps,
     schedule_curve,
 )
-from helpers.train.speed import Throughput
+from helpers.train.speed import Throughput, measure_training_throughput
 
 
 def plot_schedules(lr: float, steps: RunSteps, schedules=SCHEDULES):
@@ -128,6 +129,46 @@ def check_accumulation(grad_accum: int, batch_size: int, target: int = 512, num_
     return True
 
 
+@checker
+def check_step_count(total: int, warmup: int, num_images: int, settings: Settings, grad_accum: int) -> bool:
+    """Exercise checker: `total` optimizer steps and `warmup` warmup steps of a `fit()` run on `num_images` images
+    with these settings and `grad_accum`, on one process (AssertionError with a hint when wrong)."""
+    for name, value in (("total", total), ("warmup", warmup)):
+        if not (isinstance(value, (int, np.integer)) and value >= 0):
+            raise AssertionError(f"{name} must be a whole number of steps, got {value!r}.")
+    expected = run_steps(num_images, dataclasses.replace(settings, grad_accum=grad_accum))
+    batches = math.ceil(num_images / settings.batch_size)
+    if total != expected.total:
+        if total == batches * settings.epochs:
+            raise AssertionError("That counts batches, not optimizer steps: with accumulation the optimizer steps "
+                                 "once per grad_accum batches.")
+        if total == (num_images // settings.batch_size) // grad_accum * settings.epochs:
+            raise AssertionError("Both divisions round up in fit(): the last, smaller batch of an epoch is still a "
+                                 "batch, and the last, shorter accumulation still ends in a step.")
+        if total == batches // grad_accum * settings.epochs:
+            raise AssertionError("The last accumulation of an epoch is shorter, but fit() still steps at the end of it: "
+                                 "round the steps per epoch up.")
+        raise AssertionError("Count the batches of an epoch (rounding up), then the optimizer steps per epoch (one per "
+                             "grad_accum batches, rounding up), then multiply by the epochs.")
+    if warmup != expected.warmup:
+        raise AssertionError("The warmup is settings.warmup_ratio of the optimizer steps, rounded to a whole step.")
+    print(f"Correct: {expected.per_epoch} steps per epoch x {settings.epochs} epochs = {expected.total} optimizer "
+          f"steps, {expected.warmup} of them warmup: the schedule is {grad_accum}x shorter than the batches suggest.")
+    return True
+
+
+def median_throughput(model: torch.nn.Module, dataset, settings: Settings, batch_sizes, *, steps: int,
+                      warmup_steps: int, repeats: int = 3, progress: bool = True) -> list[Throughput]:
+    """`measure_training_throughput` at each batch size, `repeats` times; each row holds the median images/s."""
+    rows = []
+    for size in progress_bar(batch_sizes, desc="batch sizes", disable=not progress):
+        measured = [measure_training_throughput(model, dataset, settings, batch_size=size, steps=steps,
+                                                warmup_steps=warmup_steps) for _ in range(repeats)]
+        median = statistics.median(row.images_per_second for row in measured)
+        rows.append(dataclasses.replace(measured[0], images_per_second=median))
+    return rows
+
+
 def throughput_table(results: list[Throughput]) -> str:
     """A markdown table of `measure_training_throughput` results, one row per configuration."""
     lines = ["| batch size | compiled | images / s | saved for backward (MiB) | peak GPU memory (MiB) |",
@@ -183,13 +224,17 @@ def make_kit_trainer_class():
     return KitTrainer
 
 
-def history_callback():
-    """A TrainerCallback that collects a `History` (one row per epoch) from Trainer's logs and evaluations."""
+def history_callback(progress: bool = True):
+    """A TrainerCallback that collects a `History` (one row per epoch) from Trainer's logs and evaluations,
+    and shows the kit's progress bar over the epochs."""
     from transformers import TrainerCallback
 
     class HistoryCallback(TrainerCallback):
         def __init__(self):
-            self.history, self.pending, self.started = History(), {}, time.perf_counter()
+            self.history, self.pending, self.started, self.bar = History(), {}, time.perf_counter(), None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.bar = progress_bar(total=round(args.num_train_epochs), desc="Trainer epochs", disable=not progress)
 
         def on_epoch_begin(self, args, state, control, **kwargs):
             self.started = time.perf_counter()
@@ -204,6 +249,10 @@ def history_callback():
                 val_loss=metrics["eval_loss"], val_accuracy=metrics["eval_accuracy"],
                 lr=self.pending.get("lr", float("nan")), seconds=time.perf_counter() - self.started,
             ))
+            self.bar.update(1)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.bar.close()
 
     return HistoryCallback()
 
@@ -220,6 +269,8 @@ def fit_with_trainer(model: torch.nn.Module, train_set, val_set, settings: Setti
     Same settings, the kit's AdamW groups, warmup + cosine schedule, clipping, accumulation and
     loss; Trainer evaluates every epoch (`eval_strategy="epoch"`) and runs on the CPU when there
     is no GPU (`use_cpu`). Only the shuffling order differs (Trainer draws its own from the seed).
+    Trainer's own progress display (an HTML table of the epochs in a notebook) is off: the History
+    returned holds the same numbers, and `progress` shows the kit's bar over the epochs.
     """
     from transformers import PrinterCallback, TrainingArguments
 
@@ -232,19 +283,18 @@ def fit_with_trainer(model: torch.nn.Module, train_set, val_set, settings: Setti
         eval_strategy="epoch", logging_strategy="epoch", save_strategy="no", use_cpu=not torch.cuda.is_available(),
         bf16=precision == "bf16", fp16=precision == "fp16", seed=settings.seed,
         dataloader_num_workers=settings.num_workers, remove_unused_columns=False, label_names=["labels"],
-        report_to="none", disable_tqdm=not progress,
+        report_to="none", disable_tqdm=True,
     )
     optimizer = make_optimizer("adamw", parameter_groups(model, settings.weight_decay), settings.lr)
     steps = run_steps(len(train_set), settings, arguments.world_size)
     scheduler = make_scheduler(optimizer, "warmup_cosine", steps.warmup, steps.total)
-    callback = history_callback()
+    callback = history_callback(progress)
     trainer = make_kit_trainer_class()(
         model=model, args=arguments, train_dataset=train_set, eval_dataset=val_set,
         data_collator=collate_for_trainer, compute_metrics=accuracy_metric, optimizers=(optimizer, scheduler),
         callbacks=[callback],
     )
-    if not progress:
-        trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(PrinterCallback)  # with disable_tqdm, Trainer would print every log as a dict
     trainer.train()
     model.eval()
     return callback.history
@@ -290,14 +340,18 @@ def run_distributed_demo(out_dir: str | os.PathLike, nproc_per_node: int = 2, tr
     val_accuracy. Every rank must end with the same weights for data-parallel training to be right.
     With fewer GPUs than processes the processes run on the CPU (gloo), as two cannot share one GPU.
     """
-    out_dir = Path(out_dir)
-    command = torchrun_command(DISTRIBUTED_DEMO, ["--out", str(out_dir), "--train-size", str(train_size)],
-                               nproc_per_node)
+    out_dir = Path(out_dir).resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    command = torchrun_command(DISTRIBUTED_DEMO, ["--out", out_dir.name, "--train-size", str(train_size)],
+                               nproc_per_node)  # run inside out_dir's parent: the command shown is the same anywhere
     print("$ " + shlex.join(["python", *command[1:]]), flush=True)
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    package_root = str(Path(__file__).resolve().parents[2])  # this copy of helpers, whatever the working folder
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+                   "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     if torch.cuda.device_count() < nproc_per_node:
         environment["CUDA_VISIBLE_DEVICES"] = ""
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment)
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment,
+                              cwd=out_dir.parent)
     if finished.returncode != 0:
         raise RuntimeError(f"torchrun failed with exit code {finished.returncode}:\n{finished.stderr[-2000:]}")
     return [json.loads((out_dir / f"rank-{rank}.json").read_text()) for rank in range(nproc_per_node)]
@@ -388,7 +442,7 @@ def sweep_learning_rates(model, train_set, settings, optimizer, start_lr, end_lr
     prepared_model.train()
     result = LRFinderResult([], [], [])
     average, batches = 0.0, iter(loader)
-    for step in tqdm(range(num_steps), desc="lr range test", leave=False, disable=not progress):
+    for step in progress_bar(range(num_steps), desc="lr range test", leave=False, disable=not progress):
         lr = start_lr * (end_lr / start_lr) ** (step / (num_steps - 1))
         for group in optimizer.param_groups:
             group["lr"] = lr

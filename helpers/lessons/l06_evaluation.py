@@ -13,12 +13,12 @@ import torch
 from matplotlib.figure import Figure
 from torchvision import tv_tensors
 from torchvision.transforms import v2
-from tqdm.auto import tqdm
 
 from helpers.course.checks import checker
 from helpers.evaluate.calibration import expected_calibration_error
-from helpers.evaluate.metrics import ClassReport, _check_open_unit, accuracy
+from helpers.evaluate.metrics import ClassReport, _check_open_unit, accuracy, noise_threshold
 from helpers.evaluate.predict import TTA_MODES, TTA_VIEWS, Predictions, predict
+from helpers.progress import progress_bar
 
 CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "brightness")
 
@@ -41,7 +41,7 @@ class TTAResult:
     mode: str  # "none" or one of TTA_MODES
     views: int  # forward passes per image
     accuracy: float
-    seconds: float  # wall time of the whole prediction
+    seconds: float  # wall time of the whole prediction (median of repeats)
     predictions: Predictions
 
 
@@ -54,32 +54,38 @@ def compare_tta(
     *,
     progress: bool = True,
     num_workers: int = 0,
+    repeats: int = 3,
 ) -> list[TTAResult]:
-    """Predict ``dataset`` once per TTA mode (None: no TTA) and measure accuracy and wall time of each."""
+    """Predict ``dataset`` once per TTA mode (None: no TTA): accuracy, and wall time as the median of `repeats`."""
     results = []
-    for mode in tqdm(modes, desc="tta modes", disable=not progress):
-        started = time.perf_counter()
-        predictions = predict(
-            model, dataset, batch_size, tta=mode, device=device, progress=False, num_workers=num_workers
-        )
-        seconds = time.perf_counter() - started
+    for mode in progress_bar(modes, desc="tta modes", disable=not progress):
+        timed = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            predictions = predict(
+                model, dataset, batch_size, tta=mode, device=device, progress=False, num_workers=num_workers
+            )
+            timed.append(time.perf_counter() - started)
+        seconds = float(np.median(timed))
         hits = accuracy(predictions.preds, predictions.labels)
         results.append(TTAResult(mode or "none", TTA_VIEWS[mode], hits, seconds, predictions))
     return results
 
 
-def tta_table(results: list[TTAResult]) -> str:
-    """A Markdown table of ``compare_tta`` results; gain and cost are relative to the first row."""
+def tta_table(results: list[TTAResult], n_images: int | None = None) -> str:
+    """A Markdown table of ``compare_tta`` results; gain and cost are relative to the first row. With `n_images`
+    (the test set's size) each gain is also read with the noise rule (`noise_threshold`): real, or within noise."""
     if not results:
         raise ValueError("tta_table needs at least one TTAResult; pass the output of compare_tta.")
     base = results[0]
     lines = ["| TTA | views | accuracy | gain (points) | seconds | cost |", "|---|---:|---:|---:|---:|---:|"]
     for row in results:
-        gain = 100 * (row.accuracy - base.accuracy)
+        gain = f"{100 * (row.accuracy - base.accuracy):+.2f}"
+        if n_images and row is not base:
+            rule = noise_threshold((row.accuracy + base.accuracy) / 2, n_images)
+            gain += ", real" if abs(row.accuracy - base.accuracy) > rule else ", within noise"
         cost = row.seconds / max(base.seconds, 1e-9)
-        lines.append(
-            f"| {row.mode} | {row.views} | {row.accuracy:.2%} | {gain:+.2f} | {row.seconds:.2f} | {cost:.1f}x |"
-        )
+        lines.append(f"| {row.mode} | {row.views} | {row.accuracy:.2%} | {gain} | {row.seconds:.2f} | {cost:.1f}x |")
     return "\n".join(lines)
 
 
@@ -179,7 +185,7 @@ def robustness_sweep(
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
-        for kind, severity in tqdm(steps, desc="corruptions", disable=not progress):
+        for kind, severity in progress_bar(steps, desc="corruptions", disable=not progress):
             corruption = functools.partial(corrupt, kind=kind, severity=severity)
             results[kind][severity] = accuracy_with(v2.Compose([corruption, transform]))
     return results
@@ -246,3 +252,30 @@ def check_worst_recall(your_class, report: ClassReport) -> None:
             "compare the recall column (found / all images of that class), not precision or F1."
         )
     print(f"Correct: class {your_class} has the lowest recall, {worst:.1%} of its test images found.")
+
+
+@checker
+def check_macro_f1(your_value: float, cm) -> None:
+    """Exercise checker: `your_value` is the macro-averaged F1 of the confusion matrix `cm` (rows true classes)."""
+    cm = np.asarray(cm, dtype=float)
+    if not (isinstance(your_value, (int, float, np.floating)) and 0 <= your_value <= 1):
+        raise AssertionError(f"Give macro-F1 as a number between 0 and 1, got {your_value!r}.")
+    hits, predicted, actual = np.diag(cm), cm.sum(0), cm.sum(1)
+    precision = np.divide(hits, predicted, out=np.zeros_like(hits), where=predicted > 0)
+    recall = np.divide(hits, actual, out=np.zeros_like(hits), where=actual > 0)
+    both = precision + recall
+    f1 = np.divide(2 * precision * recall, both, out=np.zeros_like(hits), where=both > 0)
+    expected = float(f1.mean())
+    if math.isclose(your_value, hits.sum() / cm.sum(), abs_tol=1e-9) and not math.isclose(expected, your_value):
+        raise AssertionError("That is the accuracy: macro-F1 is the plain mean of the per-class F1 scores.")
+    mean_pr = 2 * precision.mean() * recall.mean() / (precision.mean() + recall.mean())
+    if math.isclose(your_value, mean_pr, abs_tol=1e-6) and not math.isclose(expected, your_value, abs_tol=1e-6):
+        raise AssertionError("Take the F1 of each class first, then the mean; the F1 of the mean precision and mean "
+                             "recall is another number.")
+    weighted = float((f1 * actual).sum() / actual.sum())
+    if math.isclose(your_value, weighted, abs_tol=1e-6) and not math.isclose(expected, your_value, abs_tol=1e-6):
+        raise AssertionError("That weights classes by their support: macro-F1 gives every class the same weight.")
+    if not math.isclose(your_value, expected, abs_tol=1e-6):
+        raise AssertionError("Per class: precision = diagonal / column sum (predicted as it), recall = diagonal / row "
+                             "sum (truly it), F1 = 2 P R / (P + R); then the plain mean over classes.")
+    print(f"Correct: macro-F1 = {expected:.4f}, the mean of {len(f1)} per-class F1 scores.")

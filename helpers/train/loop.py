@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import compile_regions
-from tqdm.auto import tqdm
 
 from helpers.data.loaders import make_loader
 from helpers.hardware import enable_gradient_checkpointing, precision_for, read_device
 from helpers.profiles import Settings, with_overrides
+from helpers.progress import progress_bar
 from helpers.train.checkpoint import BestWeights, latest_checkpoint, load_checkpoint, plain_model, save_checkpoint
 from helpers.train.device_images import DeviceImages
 from helpers.train.fingerprint import run_fingerprint
@@ -265,7 +265,7 @@ def run_train_epoch(model, loader, optimizer, scheduler, accelerator, settings, 
                     description, progress) -> float:
     """One pass over `loader`; returns the mean training loss (lesson 05)."""
     total, count = torch.zeros((), device=accelerator.device), 0
-    bar = tqdm(loader, desc=description, leave=False, disable=not (progress and accelerator.is_main_process))
+    bar = progress_bar(loader, desc=description, leave=False, disable=not (progress and accelerator.is_main_process))
     for images, targets in bar:
         loss = train_step(model, images, targets, optimizer, scheduler, accelerator, settings.max_grad_norm,
                           batch_transform)

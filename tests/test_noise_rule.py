@@ -1,0 +1,40 @@
+"""The course's one noise rule: the standard error of an accuracy and the smallest gap that counts as real."""
+import math
+
+import numpy as np
+import pytest
+
+from helpers import evaluate
+
+
+def test_standard_error_is_that_of_a_share_of_coin_flips():
+    assert evaluate.accuracy_standard_error(0.5, 100) == pytest.approx(0.05)
+    assert evaluate.accuracy_standard_error(1.0, 270) == 0.0
+    assert evaluate.accuracy_standard_error(0.97, 4 * 270) == pytest.approx(evaluate.accuracy_standard_error(0.97, 270) / 2)
+
+
+@pytest.mark.parametrize("accuracy, n", [(1.2, 10), (-0.1, 10), (0.5, 0), (0.5, 2.5)])
+def test_bad_input_is_named(accuracy, n):
+    with pytest.raises(ValueError, match="accuracy must be between 0 and 1|n_images must be a whole number"):
+        evaluate.accuracy_standard_error(accuracy, n)
+
+
+def test_the_rule_is_about_three_points_near_97_percent_on_270_images():
+    threshold = evaluate.noise_threshold(0.97, 270)
+    assert threshold == pytest.approx(2 * math.sqrt(2 * 0.97 * 0.03 / 270))
+    assert 0.028 < threshold < 0.031
+    assert evaluate.noise_threshold(0.97, 270, seed_sd=0.01, seeds=3) > threshold  # seed spread adds uncertainty
+    assert evaluate.noise_threshold(0.97, 270, seed_sd=0.01, seeds=30) < evaluate.noise_threshold(
+        0.97, 270, seed_sd=0.01, seeds=3)  # ... and averaging over seeds takes it away again
+    with pytest.raises(ValueError, match="seed_sd must be >= 0 and seeds >= 1"):
+        evaluate.noise_threshold(0.97, 270, seed_sd=-0.1)
+
+
+def test_two_equally_good_models_cross_the_rule_about_one_time_in_twenty():
+    rng = np.random.default_rng(0)
+    p, n, trials = 0.95, 400, 20000
+    gaps = np.abs(rng.binomial(n, p, trials) - rng.binomial(n, p, trials)) / n
+    false_alarms = np.mean(gaps > evaluate.noise_threshold(p, n))
+    assert 0.03 < false_alarms < 0.07
+    better = np.abs(rng.binomial(n, 0.90, trials) / n - rng.binomial(n, p, trials) / n)
+    assert np.mean(better > evaluate.noise_threshold(0.925, n)) > 0.7  # a real 5-point gap on 400 images: seen
