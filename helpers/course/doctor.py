@@ -4,7 +4,7 @@ with the fix for each red one; the exit status is 1 when something blocks the co
 Checks: Python and package versions against `constraints.txt`; the Jupyter kernel registered and pointing at
 this environment; the ipywidgets extension active in JupyterLab; device, memory and the plan the gpu profile
 would use; disk space for the caches; the hub and what is cached; write access to `build/` and the caches.
-`00_setup` runs it in brief form (`doctor(brief=True)`): only the lines that need attention.
+`00_setup` runs it in brief form (`doctor(brief=True)`): only the red lines, and one summary line.
 """
 from __future__ import annotations
 
@@ -150,23 +150,23 @@ def memory_bytes() -> int | None:
         return None
 
 
-def device_plan_line() -> str:
-    """The GPU here and the plan the gpu profile trains with on it, from the device-aware planner
-    (`profiles.device_plan`) where the kit has one, else the gpu profile's own settings."""
-    import torch
-
-    props = torch.cuda.get_device_properties(0)
-    where = f"{props.name} ({props.total_memory / GIB:.1f} GiB, compute capability {props.major}.{props.minor})"
-    planner = getattr(profiles, "device_plan", None)  # the device-aware planner's seam
+def device_plan_line(device=None) -> str:
+    """The GPU here (or `device`, a `helpers.hardware.Device`) and the plan the gpu profile trains with on it,
+    from the device-aware planner (`profiles.device_plan`); without that planner, the profile's own settings."""
     settings = profiles.resolve("gpu")
+    planner = getattr(profiles, "device_plan", None)  # the seam: the device-aware planner, where the kit has it
     if planner is None:
-        return (f"{where}: the gpu profile trains with its own settings ({settings.precision}, batch "
-                f"{settings.batch_size}); this kit has no device-aware planner yet")
-    plan = planner(settings)
+        import torch
+
+        props = torch.cuda.get_device_properties(0)
+        return (f"{props.name} ({props.total_memory / GIB:.1f} GiB, compute capability {props.major}.{props.minor}): "
+                f"the gpu profile trains with its own settings ({settings.precision}, batch {settings.batch_size}); "
+                "this kit has no device-aware planner yet")
+    plan = planner(settings, device=device)
     if not plan.fits:
-        return f"{where}: the gpu profile does not fit: {plan.reasons[-1]}"
-    return (f"{where}: the gpu profile plans {plan.precision}, micro-batch {plan.batch_size} x {plan.grad_accum} "
-            "accumulation steps")
+        return f"{plan.device}: the gpu profile does not fit: {plan.reasons[-1]}"
+    return (f"{plan.device}: the gpu profile plans {plan.precision}, micro-batch {plan.batch_size} x "
+            f"{plan.grad_accum} accumulation steps")
 
 
 def check_device() -> Check:
@@ -197,8 +197,9 @@ def existing_parent(path: Path) -> Path:
     return path
 
 
-def check_disk() -> Check:
-    free = {name: shutil.disk_usage(existing_parent(folder)).free for name, folder in cache_folders().items()}
+def check_disk(folders: dict[str, Path] | None = None) -> Check:
+    folders = folders or cache_folders()
+    free = {name: shutil.disk_usage(existing_parent(folder)).free for name, folder in folders.items()}
     least = min(free, key=free.get)
     detail = ", ".join(f"{name} {size / GIB:.0f} GiB free" for name, size in free.items())
     if free[least] < CACHE_BYTES:
@@ -228,8 +229,8 @@ def writable(folder: Path) -> bool:
         return False
 
 
-def check_write_access() -> Check:
-    folders = {"build/": BUILD, **cache_folders()}
+def check_write_access(folders: dict[str, Path] | None = None) -> Check:
+    folders = folders or {"build/": BUILD, **cache_folders()}
     blocked = [f"{name} ({folder})" for name, folder in folders.items() if not writable(folder)]
     if blocked:
         return Check("write", FAIL, f"cannot write to {', '.join(blocked)}",
@@ -256,8 +257,8 @@ def doctor(brief: bool = False, colour: bool | None = None) -> int:
     """Print the checks (brief: only those that need attention, and one summary line); 1 when one is red."""
     results = run_checks()
     if colour is None:
-        colour = sys.stdout.isatty() or "ipykernel" in sys.modules
-    shown = [r for r in results if r.status != OK] if brief else results
+        colour = sys.stdout.isatty() or in_notebook()
+    shown = [r for r in results if r.status == FAIL] if brief else results
     for result in shown:
         print(result.line(colour))
     reds = sum(r.status == FAIL for r in results)
@@ -265,5 +266,12 @@ def doctor(brief: bool = False, colour: bool | None = None) -> int:
     if reds:
         print(f"doctor: {reds} of {len(results)} checks need a fix before the course can run.")
     elif brief:
-        print(f"doctor: all {len(results)} checks passed" + (f" ({notes} notes above)." if notes else "."))
+        print(f"doctor: all {len(results)} checks passed" + (
+            f" ({notes} with a note: `python -m helpers.course doctor` shows them)." if notes else "."))
     return 1 if reds else 0
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel, whose output shows ANSI colours."""
+    ipython = sys.modules.get("IPython")
+    return ipython is not None and type(ipython.get_ipython()).__name__ == "ZMQInteractiveShell"
