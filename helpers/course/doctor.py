@@ -136,8 +136,10 @@ def check_widgets() -> Check:
     if found is None:
         return Check("widgets", FAIL, "JupyterLab has no ipywidgets extension: sliders would not show",
                      f"{sys.executable} -m pip install jupyterlab_widgets (`make install` does it)")
-    disabled = get_page_config(paths).get("disabledExtensions", {})
-    if WIDGETS_EXTENSION in disabled and disabled[WIDGETS_EXTENSION] is not False:
+    disabled = get_page_config(paths).get("disabledExtensions", [])
+    if isinstance(disabled, dict):  # page_config.json's own form: name -> true
+        disabled = [name for name, off in disabled.items() if off]
+    if WIDGETS_EXTENSION in disabled:
         return Check("widgets", FAIL, "the ipywidgets extension is disabled in JupyterLab",
                      f"jupyter labextension enable {WIDGETS_EXTENSION}")
     return Check("widgets", OK, f"ipywidgets extension {found.get('version', '')} active in JupyterLab")
