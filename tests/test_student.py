@@ -88,7 +88,7 @@ def test_outside_git_the_notebooks_are_copied_as_they_are(tmp_path, monkeypatch,
 def test_stubs_replace_solutions_and_tag_what_may_raise(course, tmp_path):
     [copy] = student.make_student_copies(tmp_path / "student")
     cells = copy_cells(copy)
-    function, uses, loop, check = cells[4], cells[5], cells[7], cells[8]
+    function, loop = cells[4], cells[7]
     assert "raise NotImplementedError" in function.source and "2 * x" not in function.source
     assert function.source.endswith("check_double(double);")
     assert loop.source == "numbers = [1, 2, 3, 4]\n# YOUR CODE HERE\ntotal = None  # replace None with your answer"
