@@ -45,7 +45,7 @@ def measured_runtimes(summary: Path) -> dict[str, float]:
 
 def duration(seconds: float | None) -> str:
     if seconds is None:
-        return "not measured here (`make course` measures it)"
+        return "not measured"
     minutes, rest = divmod(round(seconds), 60)
     return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
 
@@ -76,12 +76,15 @@ def navigation(stems: list[str], titles: dict[str, str], index: int, runtime: st
 
 
 def index_page(rows: list[tuple[str, str, str, str]]) -> str:
+    measured = ("Runtimes are those of <code>make course</code> in the <code>cpu</code> profile on the machine "
+                "that built this site." if any(runtime != "not measured" for _, _, runtime, _ in rows) else
+                "Runtimes appear here after <code>make course</code> has run in the <code>cpu</code> profile.")
     body = "".join(f'<tr><td><a href="{stem}.html">{html.escape(title)}</a></td><td>{html.escape(runtime)}</td>'
                    f"<td>{html.escape(results)}</td></tr>" for stem, title, runtime, results in rows)
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>ViT fine-tuning course</title>"
             f"<style>{STYLE}</style></head><body><h1>ViT fine-tuning course</h1>"
             "<p>The lessons in order, as executed in the <code>cpu</code> profile: read them here, or open the "
-            "notebooks in JupyterLab to run them yourself.</p><table><tr><th>lesson</th><th>runtime (cpu)</th>"
+            f"notebooks in JupyterLab to run them yourself. {measured}</p><table><tr><th>lesson</th><th>runtime (cpu)</th>"
             f"<th>recorded results</th></tr>{body}</table></body></html>\n")
 
 
