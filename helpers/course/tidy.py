@@ -26,7 +26,7 @@ def kernel_metadata(kernel_name: str = "python3") -> dict:
     from jupyter_client.manager import start_new_kernel
 
     spec = KernelSpecManager().get_kernel_spec(kernel_name)
-    manager, client = start_new_kernel(kernel_name=kernel_name)
+    manager, client = start_new_kernel(kernel_name=kernel_name, transport_encryption="auto")  # no TCP warning
     try:
         reply = client.kernel_info(reply=True, timeout=60)
     finally:

@@ -23,7 +23,7 @@ ERRORS_PER_CELL = r"""() => Array.from(document.querySelectorAll('.jp-NotebookPa
     .map(cell => Array.from(cell.querySelectorAll(
         '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')).map(e => e.textContent)
         .filter(t => /Traceback \(most recent call last\)|^\s*-{20,}\s*\n?\s*\w+(Error|Exception)\b|Cell In\[\d+\]/m.test(t)))"""
-RUN_TIMEOUT_MS = 900_000
+RUN_TIMEOUT_S = 900
 
 
 def open_notebook(page, lab, path: str) -> None:
@@ -32,12 +32,23 @@ def open_notebook(page, lab, path: str) -> None:
     page.wait_for_function(KERNEL_IDLE, timeout=180_000)
 
 
-def run_all(page) -> None:
+def run_all(page, settle_s: int = 10) -> None:
+    """Run > Run All Cells, and wait until every cell has run, or nothing has run for `settle_s` seconds (Run All
+    stopped). Lab sends the cells one after the other, so the kernel is briefly idle between two of them."""
     page.click('.lm-MenuBar-itemLabel:text-is("Run")')
     page.click('.lm-Menu-item[data-command="runmenu:run-all"]')
     page.wait_for_function(f"() => ({PROMPTS})().some(p => p.includes('*'))", timeout=60_000)
-    page.wait_for_function(f"() => !({PROMPTS})().some(p => p.includes('*')) && ({KERNEL_IDLE})()",
-                           timeout=RUN_TIMEOUT_MS, polling=1000)
+    deadline, quiet, last = time.monotonic() + RUN_TIMEOUT_S, 0, None
+    while time.monotonic() < deadline:
+        prompts, idle = page.evaluate(PROMPTS), page.evaluate(KERNEL_IDLE)
+        if idle and all(re.fullmatch(r"\[\d+\]:", p) for p in prompts):
+            return
+        quiet = quiet + 1 if idle and prompts == last and not any("*" in p for p in prompts) else 0
+        if quiet >= settle_s:
+            return
+        last = prompts
+        page.wait_for_timeout(1000)
+    raise TimeoutError(f"Run All did not finish within {RUN_TIMEOUT_S} s")
 
 
 def code_cell(page, containing: str):
