@@ -27,10 +27,12 @@ BASE_PYTHON = getattr(sys, "_base_executable", sys.executable)  # the Python thi
 
 
 def no_network_prefix() -> list[str]:
-    """`unshare -n` (a process with no network at all) where this machine allows it, else nothing."""
-    unshare = shutil.which("unshare")
-    if unshare and subprocess.run([unshare, "-n", "true"], capture_output=True).returncode == 0:
-        return [unshare, "-n"]
+    """Run in a new network namespace (`unshare -n`: no network but the loopback, which kernels talk over) where
+    this machine allows it, else as is."""
+    unshare, ip = shutil.which("unshare"), shutil.which("ip")
+    prefix = [unshare, "-n", "sh", "-c", f'{ip} link set lo up && exec "$@"', "sh"] if unshare and ip else []
+    if prefix and subprocess.run([*prefix, "true"], capture_output=True).returncode == 0:
+        return prefix
     return []
 
 
