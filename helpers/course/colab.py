@@ -76,7 +76,7 @@ def install_kit(folder: str = COLAB_FOLDER) -> bool:
     result = pip_install(folder, pins)
     if result.returncode:
         last = (result.stderr.strip().splitlines() or ["(no message)"])[-1]
-        print(f"Could not install the kit with Colab's {', '.join(pins) or 'packages'} kept: pip said {last!r}. "
+        print(f"Could not install the kit while keeping Colab's {', '.join(pins) or 'packages'}: pip said {last!r}. "
               f"Open an issue at {repository_url()} with this line.")
         return False
     importlib.invalidate_caches()
