@@ -11,7 +11,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_markdown_cell, new_notebook
 
-from helpers.course import colab, site
+from helpers.course import colab, website
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
@@ -41,7 +41,7 @@ def built(tmp_path_factory):
     summary.write_text(json.dumps(
         [{"notebook": "00_setup", "seconds": 65.2, "records": {"profile": "cpu"}, "error": ""},
          {"notebook": "01_vit_theory", "seconds": 9.0, "records": {"profile": "smoke"}, "error": ""}]))
-    pages = site.build_site(folder / "html", summary=summary)
+    pages = website.build_site(folder / "html", summary=summary)
     return folder / "html", pages
 
 
@@ -89,7 +89,7 @@ def test_lesson_links_and_the_colab_badge_become_site_links():
     notebook = new_notebook(cells=[new_markdown_cell(
         f"# 01 · A lesson\n{colab.badge('01_a.ipynb')}\nSee [the setup](00_setup.ipynb#Parameters) and "
         "[the docs](https://example.org/page.ipynb).")])
-    page = site.for_the_site(notebook, "NAV")
+    page = website.for_the_site(notebook, "NAV")
     text = page.cells[1].source
     assert "[the setup](00_setup.html#Parameters)" in text and "(https://example.org/page.ipynb)" in text
     assert "[Open in Colab](https://colab.research.google.com/github/" in text and "colab-badge.svg" not in text

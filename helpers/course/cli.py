@@ -124,7 +124,7 @@ class SiteCommand:
         parser.add_argument("--out", type=Path, default=BUILD / "site")
 
     def run(self, args) -> int:
-        from helpers.course.site import build_site
+        from helpers.course.website import build_site
 
         pages = build_site(args.out)
         print(f"{len(pages)} pages written to {args.out}; open {args.out / 'index.html'}")

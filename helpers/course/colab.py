@@ -2,8 +2,9 @@
 
 `COURSE_REPOSITORY` is the one setting: the GitHub repository the badges open and the install cell clones.
 The install cell only acts on Colab (its `COLAB_RELEASE_TAG` environment variable): it clones the kit and
-calls `install_kit`, which installs the kit's dependencies with Colab's own torch and torchvision pinned,
-so nothing reinstalls a multi-GB torch, and says what it did and which profile the notebooks will run.
+runs this file as a script, which installs the kit with Colab's own torch and torchvision pinned, so nothing
+reinstalls a multi-GB torch, and says what it did and which profile the notebooks will run. Until the install
+is done only the standard library is used: the kit's own imports need what it installs.
 """
 from __future__ import annotations
 
@@ -34,16 +35,15 @@ def badge(notebook_name: str, repository: str = COURSE_REPOSITORY) -> str:
 
 
 def install_cell(url: str | None = None, folder: str = COLAB_FOLDER) -> str:
-    """The source of the install cell: on Colab, clone the kit (once) and run `install_kit`; elsewhere nothing."""
+    """The source of the install cell: on Colab, clone the kit (once) and run this file on it; elsewhere nothing."""
     return "\n".join([
         "# On Colab: fetch the course kit and install it, keeping Colab's torch. Anywhere else: nothing to do.",
         "import os, subprocess, sys",
         f'if "{COLAB_MARKER}" in os.environ:',
         f"    if not os.path.isdir({folder!r}):",
         f"        subprocess.run(['git', 'clone', '--depth', '1', {url or repository_url()!r}, {folder!r}], check=True)",
+        f"    subprocess.run([sys.executable, {folder + '/helpers/course/colab.py'!r}, {folder!r}])",
         f"    sys.path.insert(0, {folder!r})",
-        "    from helpers.course.colab import install_kit",
-        f"    install_kit({folder!r})",
     ])
 
 
@@ -70,7 +70,7 @@ def pip_install(folder: str, pins: list[str]) -> subprocess.CompletedProcess:
 
 def install_kit(folder: str = COLAB_FOLDER) -> bool:
     """Install the kit in `folder` into this (Colab) environment without touching its torch or torchvision, and
-    print one line on what changed and one on the profile the notebooks will run; False when pip failed."""
+    print one line on what changed; False (and one sentence) when pip failed."""
     before = installed_versions()
     pins = [f"{name}=={before[name]}" for name in KEPT if name in before]
     result = pip_install(folder, pins)
@@ -85,7 +85,6 @@ def install_kit(folder: str = COLAB_FOLDER) -> bool:
     kept = ", ".join(pins) or "no torch installed"
     print(f"Colab: installed the course kit from {folder} ({len(changed)} packages added or upgraded); "
           f"kept {kept}.")
-    print(profile_line())
     return True
 
 
@@ -99,3 +98,9 @@ def profile_line() -> str:
         return ("No GPU in this session, so the notebooks run the cpu profile (minutes each); for the gpu profile "
                 "choose Runtime > Change runtime type > T4 GPU and run this cell again.")
     return f"GPU: {device_plan_line()}"
+
+
+if __name__ == "__main__":  # the install cell: python helpers/course/colab.py FOLDER
+    if install_kit(sys.argv[1]):
+        sys.path[0] = sys.argv[1]  # the kit instead of this file's folder, whose modules could shadow others
+        print(profile_line())

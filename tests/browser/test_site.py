@@ -6,13 +6,12 @@ from __future__ import annotations
 import functools
 import http.server
 import threading
-from pathlib import Path
 
 import nbformat
 import pytest
 from conftest import ROOT, screenshot
 
-from helpers.course import site
+from helpers.course import website
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # Every <img> that finished loading with real pixels, and every <img> on the page.
@@ -23,7 +22,7 @@ IMAGES = "() => [Array.from(document.images).filter(i => i.complete && i.natural
 def served(tmp_path_factory):
     """The site, built from the committed notebooks and served on 127.0.0.1 as a web server would."""
     out = tmp_path_factory.mktemp("site") / "html"
-    site.build_site(out, summary=ROOT / "build" / "summary.json")
+    website.build_site(out, summary=ROOT / "build" / "summary.json")
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args):
