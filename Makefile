@@ -8,7 +8,7 @@ BUNDLE ?= build/workshop.bundle
 JUPYTER_ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 # Quiet JupyterLab: warnings and the URL to open (logged as critical, so it still shows); kernels talk to the
 # server over CurveZMQ-encrypted sockets, so no "running over TCP without encryption" warning per kernel.
-LAB := $(PY) -m jupyter lab --no-browser $(JUPYTER_ROOT_FLAG) --ServerApp.log_level=WARN \
+LAB := $(PY) -m jupyter lab --no-browser $(JUPYTER_ROOT_FLAG) --ServerApp.log_level=WARN --LabApp.log_level=WARN \
 	--MappingKernelManager.transport_encryption=auto
 
 .PHONY: help install lab lab-student course test test-browser test-bundle outputs student site doctor bundle \
