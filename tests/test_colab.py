@@ -23,7 +23,8 @@ def test_a_failed_install_is_one_sentence_and_keeps_torch(tmp_path, capsys):
     assert colab.install_kit(str(tmp_path / "not-a-kit")) is False
     printed = capsys.readouterr().out
     kept = importlib.metadata.version("torch")
-    assert printed.count("\n") == 1 and printed.startswith(f"Could not install the kit while keeping Colab's torch=={kept}")
+    assert printed.count("\n") == 1
+    assert printed.startswith(f"Could not install the kit while keeping Colab's torch=={kept}")
     assert colab.installed_versions()["torch"] == kept
 
 

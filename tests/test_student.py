@@ -33,7 +33,8 @@ def lesson(profile='"auto"') -> nbformat.NotebookNode:
         new_markdown_cell("# 01 · A lesson"), parameters, new_code_cell(CHECK),
         new_markdown_cell("### Exercise 1 · Double it\nWrite `double(x)`."), new_code_cell(EXERCISE_1),
         new_code_cell("print('uses the answer:', double(5))"),
-        new_markdown_cell("**Exercise 2.** Add them up."), new_code_cell(EXERCISE_2), new_code_cell("check_total(total);"),
+        new_markdown_cell("**Exercise 2.** Add them up."), new_code_cell(EXERCISE_2),
+        new_code_cell("check_total(total);"),
         new_code_cell("print('the lesson goes on')"),
     ])
 

@@ -67,7 +67,8 @@ def check_target(target: dict, here: dict | None = None) -> None:
     """Raise ValueError with one sentence when a bundle built for `target` cannot install on this machine."""
     here = here or this_machine()
     same = all(target[key] == here[key] for key in ("python", "implementation", "system", "machine"))
-    old_glibc = target.get("glibc") and here.get("glibc") and version_tuple(here["glibc"]) < version_tuple(target["glibc"])
+    needed, found = target.get("glibc"), here.get("glibc")
+    old_glibc = needed and found and version_tuple(found) < version_tuple(needed)
     if not same or old_glibc:
         raise ValueError(f"This bundle was built for {describe(target)} but this machine runs {describe(here)}: "
                          "build one for it with `python -m helpers.course bundle --out FILE` on a machine like it.")

@@ -39,11 +39,12 @@ def install_cell(url: str | None = None, folder: str = COLAB_FOLDER) -> str:
     return "\n".join([
         "# On Colab: fetch the course kit and install it, keeping Colab's torch. Anywhere else: nothing to do.",
         "import os, subprocess, sys",
+        f"kit = {folder!r}",
         f'if "{COLAB_MARKER}" in os.environ:',
-        f"    if not os.path.isdir({folder!r}):",
-        f"        subprocess.run(['git', 'clone', '--depth', '1', {url or repository_url()!r}, {folder!r}], check=True)",
-        f"    subprocess.run([sys.executable, {folder + '/helpers/course/colab.py'!r}, {folder!r}])",
-        f"    sys.path.insert(0, {folder!r})",
+        "    if not os.path.isdir(kit):",
+        f"        subprocess.run(['git', 'clone', '--depth', '1', {url or repository_url()!r}, kit], check=True)",
+        "    subprocess.run([sys.executable, f'{kit}/helpers/course/colab.py', kit])",
+        "    sys.path.insert(0, kit)",
     ])
 
 

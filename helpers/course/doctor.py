@@ -121,7 +121,7 @@ def check_kernel() -> Check:
                  if command in ("python", "python3") else Path(command).resolve() == Path(sys.executable).resolve())
     if not runs_here:
         return Check("kernel", FAIL, f"kernel 'python3' ({spec.resource_dir}) runs {command}, not this environment",
-                     f"remove {spec.resource_dir} or run `{sys.executable} -m ipykernel install --user` to point it here")
+                     f"remove {spec.resource_dir}, or point it here: `{sys.executable} -m ipykernel install --user`")
     return Check("kernel", OK, f"'{spec.display_name}' runs this environment's Python")
 
 
@@ -206,7 +206,7 @@ def check_disk(folders: dict[str, Path] | None = None) -> Check:
     detail = ", ".join(f"{name} {size / GIB:.0f} GiB free" for name, size in free.items())
     if free[least] < CACHE_BYTES:
         return Check("disk", WARN, f"{detail}: too little for the gpu profile's model and data",
-                     f"free {CACHE_BYTES / GIB:.0f} GiB where the {least} lives, or point HF_HOME / COURSE_DATA elsewhere")
+                     f"free {CACHE_BYTES / GIB:.0f} GiB where the {least} lives, or set HF_HOME / COURSE_DATA")
     return Check("disk", OK, detail)
 
 

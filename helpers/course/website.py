@@ -84,8 +84,8 @@ def index_page(rows: list[tuple[str, str, str, str]]) -> str:
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>ViT fine-tuning course</title>"
             f"<style>{STYLE}</style></head><body><h1>ViT fine-tuning course</h1>"
             "<p>The lessons in order, as executed in the <code>cpu</code> profile: read them here, or open the "
-            f"notebooks in JupyterLab to run them yourself. {measured}</p><table><tr><th>lesson</th><th>runtime (cpu)</th>"
-            f"<th>recorded results</th></tr>{body}</table></body></html>\n")
+            f"notebooks in JupyterLab to run them yourself. {measured}</p><table><tr><th>lesson</th>"
+            f"<th>runtime (cpu)</th><th>recorded results</th></tr>{body}</table></body></html>\n")
 
 
 def build_site(out: Path = BUILD / "site", notebooks: Path = NOTEBOOKS, summary: Path = BUILD / "summary.json"):

@@ -27,7 +27,8 @@ SHOTS = ROOT / "build" / "browser"
 CHROMIUM = os.environ.get("CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--no-default-browser-check"]
-LAB_FLAGS = ["--ServerApp.log_level=WARN", "--LabApp.log_level=WARN", "--MappingKernelManager.transport_encryption=auto"]  # as `make lab`
+LAB_FLAGS = ["--ServerApp.log_level=WARN", "--LabApp.log_level=WARN",  # as `make lab`
+             "--MappingKernelManager.transport_encryption=auto"]
 QUIET_SETTINGS = {"@jupyterlab/apputils-extension/notification.jupyterlab-settings":
                   {"fetchNews": "false", "checkForUpdates": False}}  # no news toast over the notebook
 

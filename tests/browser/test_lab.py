@@ -22,7 +22,8 @@ PROMPTS = """() => Array.from(document.querySelectorAll(
 ERRORS_PER_CELL = r"""() => Array.from(document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell'))
     .map(cell => Array.from(cell.querySelectorAll(
         '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')).map(e => e.textContent)
-        .filter(t => /Traceback \(most recent call last\)|^\s*-{20,}\s*\n?\s*\w+(Error|Exception)\b|Cell In\[\d+\]/m.test(t)))"""
+        .filter(t => /Traceback \(most recent call last\)|^\s*-{20,}\s*\n?\s*\w+(Error|Exception)\b|Cell In\[\d+\]/m
+            .test(t)))"""
 RUN_TIMEOUT_S = 900
 
 

@@ -15,7 +15,8 @@ from helpers.course import website
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # Every <img> that finished loading with real pixels, and every <img> on the page.
-IMAGES = "() => [Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length, document.images.length]"
+IMAGES = ("() => [Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length, "
+          "document.images.length]")
 
 
 @pytest.fixture(scope="module")

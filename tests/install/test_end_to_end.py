@@ -54,7 +54,8 @@ def test_a_bundle_installs_offline_into_a_fresh_clone_and_runs_setup(tmp_path):
     wheels = os.environ.get("BUNDLE_WHEELS")
     manifest = bundle.build(tmp_path / "workshop.bundle", wheels=Path(wheels) if wheels else None)
     size = (tmp_path / "workshop.bundle").stat().st_size
-    print(f"bundle: {len(manifest['files'])} files, {size / 1e9:.2f} GB, built in {time.perf_counter() - started:.0f} s")
+    seconds = time.perf_counter() - started
+    print(f"bundle: {len(manifest['files'])} files, {size / 1e9:.2f} GB, built in {seconds:.0f} s")
 
     kit = fresh_clone(tmp_path / "kit")
     offline = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHON"))} | {"PIP_NO_INDEX": "1"}
