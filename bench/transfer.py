@@ -22,7 +22,7 @@ from sklearn.svm import SVC
 
 from helpers.data import ImageSpec, load_dataset, make_loader, to_model_input
 from helpers.models import load_model
-from helpers.profiles import Settings, resolve
+from helpers.profiles import KEEP, Settings, resolve
 from helpers.train import fit
 
 LABELS_PER_CLASS = 10
@@ -141,8 +141,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--model", default="tiny-vit", help="the pretrained model to test (name or folder)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--epochs", type=int, default=None, help="fine-tune epochs (default: the cpu profile's)")
-    parser.add_argument("--lr", type=float, default=None, help="fine-tune learning rate (default: the cpu profile's)")
+    parser.add_argument("--epochs", type=int, default=KEEP, help="fine-tune epochs (default: the cpu profile's)")
+    parser.add_argument("--lr", type=float, default=KEEP, help="fine-tune learning rate (default: the cpu profile's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -6,6 +6,8 @@ setting can be overridden by name. `environment_report(settings)` says what this
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import os
 import platform
 import socket
@@ -16,9 +18,22 @@ GPU_MODEL = "google/vit-base-patch16-224-in21k"
 HUB_HOST = "huggingface.co"
 
 
+class Keep:
+    """The type of `KEEP`: "keep the profile's value", where None is itself a value (lesson 00)."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP = Keep()  # resolve(..., train_size=KEEP) keeps the profile's train_size; train_size=None means all images
+
+
+SEED_LIMIT = 2**32  # NumPy takes seeds in [0, 2**32)
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Everything a lesson needs to know about its scale. Validated on creation (lesson 00)."""
+    """Everything a lesson needs to know about its scale. Validated on creation, types included (lesson 00)."""
 
     profile: str
     model_name: str
@@ -31,13 +46,17 @@ class Settings:
     weight_decay: float = 0.05
     warmup_ratio: float = 0.1
     grad_accum: int = 1
-    max_grad_norm: float | None = 1.0
+    max_grad_norm: float | None = 1.0  # None: no gradient clipping
     precision: str = "no"  # "no" | "bf16" | "fp16"
     seed: int = 0
     num_workers: int = 0
     reason: str = field(default="", compare=False)
 
     def __post_init__(self):
+        for setting in dataclasses.fields(self):
+            problem = type_problem(setting.name, getattr(self, setting.name), setting.type)
+            if problem:
+                raise ValueError(f"Bad setting: {problem}.")
         checks = [
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.batch_size >= 1, "batch_size must be at least 1"),
@@ -50,10 +69,27 @@ class Settings:
             (self.train_size is None or self.train_size >= 1, "train_size must be None or at least 1"),
             (self.eval_size is None or self.eval_size >= 1, "eval_size must be None or at least 1"),
             (self.num_workers >= 0, "num_workers must be 0 or more"),
+            (0 <= self.seed < SEED_LIMIT, f"seed must be in [0, {SEED_LIMIT - 1}], got {self.seed}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"Bad setting: {message}.")
+
+
+def type_problem(name: str, value, annotation: str) -> str:
+    """What is wrong with the type of `value` for a setting declared `annotation` ('' when nothing) (lesson 00)."""
+    if value is None:
+        return "" if annotation.endswith("| None") else f"{name} cannot be None (profiles.KEEP keeps the profile's value)"
+    kind = annotation.split(" |")[0]
+    if kind == "int" and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+        return f"{name} must be a whole number, got {value!r}"
+    if kind == "float" and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+        return f"{name} must be a number, got {value!r}"
+    if kind == "float" and not math.isfinite(value):
+        return f"{name} must be a finite number, got {value!r}"
+    if kind == "str" and not (isinstance(value, str) and value):
+        return f"{name} must be a non-empty text, got {value!r}"
+    return ""
 
 
 SETTING_NAMES = tuple(f.name for f in dataclasses.fields(Settings) if f.name not in ("profile", "reason"))
@@ -77,20 +113,30 @@ PROFILES: dict[str, dict] = {
 def resolve(profile: str = "auto", **overrides) -> Settings:
     """The settings of `profile` ('smoke', 'cpu', 'gpu' or 'auto'), with `overrides` applied by name (lesson 00).
 
-    None values in `overrides` keep the profile's setting, so a notebook can pass its
-    parameters cell straight through.
+    An override of `KEEP` keeps the profile's value; None is a value (train_size=None: all
+    images, max_grad_norm=None: no clipping). Names and types are checked as in `with_overrides`.
     """
     if profile not in PROFILE_NAMES:
         raise ValueError(f"Unknown profile {profile!r}: choose one of {', '.join(PROFILE_NAMES)}.")
+    name, reason = choose_profile() if profile == "auto" else (profile, "asked for by name")
+    return with_overrides(Settings(profile=name, reason=reason, **PROFILES[name]), **overrides)
+
+
+def with_overrides(settings: Settings, **overrides) -> Settings:
+    """`settings` with single settings replaced by name, checked like `resolve`'s; `KEEP` keeps one (lesson 00)."""
+    check_setting_names(overrides)
+    changed = {name: value for name, value in overrides.items() if value is not KEEP}
+    if not changed:
+        return settings
+    reason = settings.reason + f"; overridden: {', '.join(f'{k}={v!r}' for k, v in changed.items())}"
+    return dataclasses.replace(settings, reason=reason, **changed)
+
+
+def check_setting_names(overrides: dict) -> None:
+    """Refuse names that are not settings, naming the settings there are (lesson 00)."""
     unknown = sorted(set(overrides) - set(SETTING_NAMES))
     if unknown:
         raise ValueError(f"Unknown setting(s) {', '.join(map(repr, unknown))}: the settings are {', '.join(SETTING_NAMES)}.")
-    name, reason = choose_profile() if profile == "auto" else (profile, "asked for by name")
-    values = {**PROFILES[name], **{k: v for k, v in overrides.items() if v is not None}}
-    changed = [k for k in overrides if overrides[k] is not None]
-    if changed:
-        reason += f"; overridden: {', '.join(f'{k}={values[k]!r}' for k in changed)}"
-    return Settings(profile=name, reason=reason, **values)
 
 
 def choose_profile() -> tuple[str, str]:

@@ -82,3 +82,51 @@ def test_student_copies_lose_solutions_and_outputs(tmp_path, monkeypatch):
     assert cell.source.startswith("def f(x):") and cell.source.endswith("check(f)")
     assert cell.outputs == [] and cell.execution_count is None
     compile(cell.source, "student", "exec")  # still valid Python
+
+
+def test_the_run_survives_a_dead_kernel_and_a_hanging_cell_records_both_and_goes_on(tmp_path, monkeypatch, capsys):
+    notebooks, photos = tmp_path / "notebooks", tmp_path / "photos"
+    notebooks.mkdir()
+    parameters = 'profile = "auto"\noverrides = {}'
+    write_notebook(notebooks / "00_dies.ipynb", parameters, "import os\nos._exit(3)  # as an out-of-memory kill would")
+    write_notebook(notebooks / "01_hangs.ipynb", parameters, "import time\ntime.sleep(600)")
+    write_notebook(notebooks / "02_ok.ipynb", parameters,
+                   "from helpers import course\ncourse.record(profile=profile, dataset=overrides['dataset_name'], answer=42)")
+    monkeypatch.setattr(course.runner, "NOTEBOOKS", notebooks)
+    monkeypatch.chdir(tmp_path)  # where the user typed the command: photos/ is here, not in notebooks/
+    exit_code = course.main(["run", "--profile", "smoke", "--cell-timeout", "20", "--out", str(tmp_path / "build"),
+                             "-p", "dataset_name", "imagefolder:photos"])
+    assert exit_code == 1
+    assert "2 notebook(s) failed: 00_dies, 01_hangs" in capsys.readouterr().err
+    table = (tmp_path / "build" / "summary.md").read_text()
+    assert "| 00_dies | FAILED: the kernel died in cell 3 of " in table and "(starting 'import os')" in table
+    assert "| 01_hangs | FAILED: cell 3 of " in table and "ran past the cell timeout of 20 s" in table
+    assert "| 02_ok | ok | smoke |" in table and "answer=42" in table
+    summary = json.loads((tmp_path / "build" / "summary.json").read_text())
+    assert summary[2]["records"]["dataset"] == f"imagefolder:{photos.resolve()}"
+
+
+def test_bad_parameter_values_are_one_error_line(capsys):
+    for argv, message in ((["-p", "epochs", "abc"], "epochs must be a whole number, got 'abc'"),
+                          (["-p", "lr", "1e999"], "lr must be a finite number, got inf"),
+                          (["-p", "seed", "-3"], "seed must be in [0, 4294967295], got -3")):
+        assert course.main(["run", *argv]) == 2
+        assert capsys.readouterr().err == f"error: Bad setting: {message}.\n"
+
+
+def test_relative_paths_are_taken_from_where_the_command_was_typed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_model").mkdir()
+    overrides = course.parse_overrides([["dataset_name", "imagefolder:photos"], ["model_name", "my_model"]])
+    assert overrides == {"dataset_name": f"imagefolder:{tmp_path.resolve() / 'photos'}",
+                         "model_name": str(tmp_path.resolve() / "my_model")}
+    hub_id = "google/vit-base-patch16-224-in21k"  # not a folder here: a hub id stays as it is
+    assert course.parse_overrides([["model_name", hub_id], ["dataset_name", "imagefolder:/data/x"]]) == {
+        "model_name": hub_id, "dataset_name": "imagefolder:/data/x"}
+
+
+def test_cell_timeout_defaults_grow_with_the_profile(monkeypatch):
+    timeouts = [course.runner.cell_timeout(name) for name in ("smoke", "cpu", "gpu")]
+    assert timeouts == sorted(timeouts) and timeouts[0] >= 60
+    monkeypatch.setenv("COURSE_PROFILE", "cpu")
+    assert course.runner.cell_timeout("auto") == timeouts[1]

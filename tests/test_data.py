@@ -45,9 +45,9 @@ def colour_image(seed, size=(24, 24)):
 
 def clean_folder(root, classes=("cat", "dog"), per_class=6):
     """A class-per-subfolder tree of distinct random colour PNGs."""
-    for label in classes:
+    for c, label in enumerate(classes):
         for i in range(per_class):
-            save(root / label / f"{i}.png", colour_image(hash((label, i)) % 1000))
+            save(root / label / f"{i}.png", colour_image(1000 * c + i))  # distinct: no two alike
     return root
 
 
@@ -204,6 +204,54 @@ def test_images_outside_class_folders_are_reported(tmp_path):
     scan = data.scan_folder(tmp_path)
     assert [(p.path.name, p.issue) for p in scan.problems] == [("stray.png", "not inside a class folder")]
     assert scan.skipped == [tmp_path / "stray.png"]
+
+
+def test_a_class_whose_files_are_all_unreadable_is_left_out_with_a_line(tmp_path):
+    clean_folder(tmp_path, per_class=4)
+    (tmp_path / "eel").mkdir()
+    for i in range(3):
+        (tmp_path / "eel" / f"{i}.png").write_bytes(b"not a PNG")
+    with pytest.warns(UserWarning, match="eel: no readable image among its 3 files -> class left out"):
+        dataset = data.load_image_folder(tmp_path)
+    assert dataset.classes == ["cat", "dog"] and len(dataset) == 8
+
+
+def test_links_back_into_the_tree_are_skipped_not_followed(tmp_path):
+    root = clean_folder(tmp_path / "photos", per_class=4)
+    (root / "all").symlink_to(root)  # followed, it would file every image under 'all'
+    (root / "cat" / "up").symlink_to(tmp_path)  # an ancestor of the root: a loop
+    (root / "cat" / "dogs_too").symlink_to(root / "dog")  # another class: dog images labelled cat
+    scan = data.scan_folder(root)
+    assert scan.classes == ["cat", "dog"] and len(scan.paths) == 8
+    assert all(scan.classes[label] == path.parent.name for path, label in zip(scan.paths, scan.labels))
+    found = {str(p.path.relative_to(root)): (p.issue, p.action) for p in scan.problems}
+    assert found == {
+        "all": (f"link to the scanned folder itself ({root.resolve()})", LINK_ACTION),
+        "cat/up": (f"link to a folder above the scanned folder ({tmp_path.resolve()})", LINK_ACTION),
+        "cat/dogs_too": (f"link to a folder inside the scanned folder ({(root / 'dog').resolve()})", LINK_ACTION),
+    }
+
+
+LINK_ACTION = "skipped, so no image is counted twice or under another class"
+
+
+def test_files_under_hidden_folders_are_not_trained_under_their_class(tmp_path):
+    root = clean_folder(tmp_path, per_class=4)
+    save(root / "cat" / ".ipynb_checkpoints" / "0-checkpoint.png", colour_image(99))
+    save(root / ".cache" / "thumb.png", colour_image(98))
+    scan = data.scan_folder(root)
+    assert len(scan.paths) == 8 and not any(part.startswith(".") for p in scan.paths for part in p.parts[-2:])
+    assert "  cat/.ipynb_checkpoints: hidden folder -> skipped; its files are not images of a class" in scan.report()
+    assert "  .cache: hidden folder -> skipped" in scan.report()
+
+
+def test_a_class_with_too_few_images_for_three_splits_is_left_out_with_a_line(tmp_path):
+    clean_folder(tmp_path, classes=("cat", "dog", "eel"), per_class=7)
+    save(tmp_path / "fox" / "0.png", colour_image(500))
+    with pytest.warns(UserWarning, match=r"fox: only 1 image\(s\): a class needs 3, one each for training, "
+                                         r"validation and test -> class left out; add images to keep it"):
+        splits = data.load_dataset(f"imagefolder:{tmp_path}")
+    assert splits.classes == ["cat", "dog", "eel"]
 
 
 def test_export_writes_a_folder_that_loads_back_pixel_for_pixel(tmp_path):

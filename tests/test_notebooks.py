@@ -86,3 +86,11 @@ def test_notebook_runs_headless_in_smoke_profile(path, tmp_path):
     check = EXPECTATIONS.get(path.stem)
     if check is not None:
         assert check(result.records), f"{path.name} recorded {result.records}"
+
+
+def test_two_runs_of_a_notebook_in_smoke_record_identical_results(tmp_path):
+    path = NOTEBOOKS[0]  # 00_setup: loads a model with a new random head, fine-tunes it, tests it
+    first, second = (course.execute(path, tmp_path / f"run{i}.ipynb", {"profile": "smoke", "overrides": {}})
+                     for i in (1, 2))
+    assert first.ok and second.ok, first.error or second.error
+    assert "test_accuracy" in first.records and first.records == second.records

@@ -34,10 +34,49 @@ def test_auto_with_gpu_but_offline_and_uncached_is_cpu(monkeypatch):
     assert profiles.resolve("auto").profile == "gpu"
 
 
-def test_overrides_replace_single_settings_and_none_keeps_default():
-    settings = profiles.resolve("cpu", epochs=2, lr=5e-4, batch_size=None)
+def test_overrides_replace_single_settings_and_keep_keeps_the_profiles_value():
+    settings = profiles.resolve("cpu", epochs=2, lr=5e-4, batch_size=profiles.KEEP)
     assert (settings.epochs, settings.lr, settings.batch_size) == (2, 5e-4, profiles.PROFILES["cpu"]["batch_size"])
-    assert "epochs=2" in settings.reason
+    assert "epochs=2" in settings.reason and "batch_size" not in settings.reason
+
+
+def test_none_is_a_value_where_it_means_something_and_refused_where_it_does_not():
+    settings = profiles.resolve("smoke", train_size=None, max_grad_norm=None)
+    assert settings.train_size is None and settings.max_grad_norm is None  # all images, no clipping
+    assert profiles.resolve("smoke", train_size=profiles.KEEP).train_size == profiles.PROFILES["smoke"]["train_size"]
+    with pytest.raises(ValueError, match="epochs cannot be None .*profiles.KEEP"):
+        profiles.resolve("smoke", epochs=None)
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("epochs", "abc", "epochs must be a whole number, got 'abc'"),
+    ("epochs", 2.5, "epochs must be a whole number, got 2.5"),
+    ("batch_size", True, "batch_size must be a whole number, got True"),
+    ("lr", "fast", "lr must be a number, got 'fast'"),
+    ("lr", float("inf"), "lr must be a finite number, got inf"),
+    ("weight_decay", float("nan"), "weight_decay must be a finite number, got nan"),
+    ("seed", 2**32, r"seed must be in \[0, 4294967295\], got 4294967296"),
+    ("seed", -1, r"seed must be in \[0, 4294967295\]"),
+    ("model_name", "", "model_name must be a non-empty text"),
+    ("precision", 16, "precision must be a non-empty text, got 16"),
+])
+def test_settings_are_typed(setting, value, message):
+    with pytest.raises(ValueError, match=f"Bad setting: {message}"):
+        profiles.resolve("cpu", **{setting: value})
+
+
+def test_numpy_numbers_are_numbers():
+    import numpy as np
+
+    assert profiles.resolve("cpu", epochs=np.int64(3), lr=np.float64(1e-3)).epochs == 3
+
+
+def test_with_overrides_checks_names_like_resolve():
+    settings = profiles.resolve("smoke")
+    assert profiles.with_overrides(settings, epochs=4, lr=profiles.KEEP).epochs == 4
+    assert profiles.with_overrides(settings) is settings
+    with pytest.raises(ValueError, match="Unknown setting\\(s\\) 'epoch'"):
+        profiles.with_overrides(settings, epoch=4)
 
 
 def test_unknown_profile_names_the_choices():

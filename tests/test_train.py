@@ -1,42 +1,12 @@
-import re
 import copy
+import re
 
 import pytest
 import torch
-from transformers import ViTConfig, ViTForImageClassification
+from tiny_training import SETTINGS, SPEC, bright_or_dark, same_weights, tiny_vit, weights
 
 from helpers import data, models, profiles, train
 from helpers.lessons import l05_training as l05
-
-SPEC = data.ImageSpec((16, 16), (0.5,) * 3, (0.5,) * 3)
-
-
-def tiny_vit(seed=0):
-    torch.manual_seed(seed)
-    config = ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=64, num_labels=2)
-    return ViTForImageClassification(config)
-
-
-def bright_or_dark(n, seed=0):
-    """Class 0: dark noisy images, class 1: bright ones. Separable, so a working loop must learn it."""
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 2
-    base = torch.where(labels[:, None, None, None] == 1, 170, 60)
-    noise = torch.randint(-50, 50, (n, 3, 16, 16), generator=generator)
-    images = (base + noise).clamp(0, 255).to(torch.uint8)
-    return data.TensorImages(images, labels.tolist(), ["dark", "bright"], transform=data.to_model_input(SPEC))
-
-
-SETTINGS = profiles.resolve("smoke", epochs=2, batch_size=16, lr=3e-3, warmup_ratio=0.0)
-
-
-def weights(model):
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-
-
-def same_weights(a, b, atol=0.0):
-    return all(torch.allclose(a[k], b[k], atol=atol, rtol=0) for k in a)
 
 
 def test_soft_cross_entropy_equals_hard_for_one_hot_and_checks_shape():
@@ -141,7 +111,7 @@ def test_checkpoints_are_complete_and_only_the_last_is_kept(tmp_path):
               checkpoint_dir=tmp_path, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0002", "latest"]
     assert {p.name for p in (tmp_path / "epoch-0002").iterdir()} == {
-        "model.safetensors", "training_state.pt", "rng-0.pt"}
+        "model.safetensors", "training_state.pt", "rng-0.pt", "manifest.json"}
 
 
 def test_bad_calls_say_what_to_do(tmp_path):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from helpers import profiles
 from helpers.course.notebook import BUILD
-from helpers.course.runner import Result, parse_overrides, refresh_outputs, run, summary_table
+from helpers.course.runner import CELL_TIMEOUT_S, Result, parse_overrides, refresh_outputs, run, summary_table
 from helpers.course.student import STUDENT_DIR, make_student_copies
 
 
@@ -34,6 +34,12 @@ def exit_status(results: list[Result]) -> int:
     return 0
 
 
+def add_cell_timeout(parser: argparse.ArgumentParser) -> None:
+    limits = ", ".join(f"{name} {seconds} s" for name, seconds in CELL_TIMEOUT_S.items())
+    parser.add_argument("--cell-timeout", type=int, default=None, metavar="SECONDS",
+                        help=f"limit on one cell's run time (default by profile: {limits}; 0: no limit)")
+
+
 class RunCommand:
     name, help = "run", "execute notebooks headless into build/ with a summary"
 
@@ -43,9 +49,10 @@ class RunCommand:
         parser.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                             help="override one setting, e.g. -p epochs 3")
         parser.add_argument("--out", type=Path, default=BUILD)
+        add_cell_timeout(parser)
 
     def run(self, args) -> int:
-        results = run(args.notebooks, args.profile, parse_overrides(args.param), args.out)
+        results = run(args.notebooks, args.profile, parse_overrides(args.param), args.out, args.cell_timeout)
         print(f"\nsummary written to {args.out / 'summary.md'}\n\n{summary_table(results)}")
         return exit_status(results)
 
@@ -55,9 +62,10 @@ class OutputsCommand:
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("notebooks", nargs="*")
+        add_cell_timeout(parser)
 
     def run(self, args) -> int:
-        return exit_status(refresh_outputs(args.notebooks))
+        return exit_status(refresh_outputs(args.notebooks, args.cell_timeout))
 
 
 class StudentCommand:

@@ -21,13 +21,19 @@ RECORD_KEY = "course_record"
 
 
 def start(profile: str = "auto", overrides: dict | None = None) -> profiles.Settings:
-    """Resolve the notebook's settings, print the environment report, and record the profile.
+    """Resolve the notebook's settings, seed every random generator with `settings.seed`, print the environment
+    report, and record the profile.
 
-    Also turns on inline figures (so a returned matplotlib Figure shows, headless too) and
-    quiets transformers' own load logs: the kit prints its own load report where it matters.
+    Seeding here makes everything random that follows (a new classification head, a random
+    pick of images) the same in every run of the notebook with the same seed. Also turns on
+    inline figures (so a returned matplotlib Figure shows, headless too) and quiets
+    transformers' own load logs: the kit prints its own load report where it matters.
     """
+    from helpers.train import seed_everything
+
     prepare_notebook_display()
     settings = profiles.resolve(profile, **(overrides or {}))
+    seed_everything(settings.seed)
     print(profiles.environment_report(settings))
     record(profile=settings.profile, model=settings.model_name, dataset=settings.dataset_name)
     return settings

@@ -41,23 +41,50 @@ def course_notebooks(selection: list[str] | None = None) -> list[Path]:
     return chosen
 
 
-def parse_overrides(pairs: list[list[str]]) -> dict:
-    """`-p NAME VALUE` pairs to settings overrides; values are Python literals where they parse."""
+def parse_overrides(pairs: list[list[str]], caller_directory: Path | None = None) -> dict:
+    """`-p NAME VALUE` pairs to settings overrides, checked now (not inside every notebook); values are Python
+    literals where they parse, and relative paths are taken from `caller_directory` (default: the current one)."""
     overrides = {}
     for name, text in pairs:
         if name not in profiles.SETTING_NAMES:
             raise ValueError(f"Unknown parameter {name!r}: the settings are {', '.join(profiles.SETTING_NAMES)}.")
         try:
-            overrides[name] = ast.literal_eval(text)
+            value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
-            overrides[name] = text
-    profiles.resolve("smoke", **overrides)  # validate values now, not inside every notebook
+            value = text
+        overrides[name] = from_caller_directory(name, value, caller_directory or Path.cwd())
+    profiles.resolve("smoke", **overrides)
     return overrides
 
 
-def execute(notebook: Path, output: Path, parameters: dict) -> Result:
-    """Execute one notebook with papermill; the Result names the failing cell if there is one."""
+def from_caller_directory(name: str, value, caller_directory: Path):
+    """An `imagefolder:` path, or a model folder that exists, made absolute from where the command was typed
+    (the notebooks run inside notebooks/)."""
+    if name == "dataset_name" and isinstance(value, str) and value.startswith("imagefolder:"):
+        return f"imagefolder:{(caller_directory / Path(value.split(':', 1)[1]).expanduser()).resolve()}"
+    if name == "model_name" and isinstance(value, str) and (caller_directory / Path(value).expanduser()).is_dir():
+        return str((caller_directory / Path(value).expanduser()).resolve())
+    return value
+
+
+CELL_TIMEOUT_S = {"smoke": 600, "cpu": 3600, "gpu": 4 * 3600}  # per cell: ten times the longest cell, roughly
+
+
+def cell_timeout(profile: str, asked: int | None = None) -> int | None:
+    """The limit on one cell's run time in seconds: `asked` (0: none), else the default of `profile` (`auto`: the
+    profile it stands for here)."""
+    if asked is not None and asked < 0:
+        raise ValueError(f"A cell timeout of {asked} s makes no sense: give 0 (no limit) or more seconds.")
+    if asked is not None:
+        return asked or None
+    return CELL_TIMEOUT_S[profiles.choose_profile()[0] if profile == "auto" else profile]
+
+
+def execute(notebook: Path, output: Path, parameters: dict, timeout: int | None = None) -> Result:
+    """Execute one notebook with papermill, each cell limited to `timeout` seconds (None: no limit); the Result
+    names the cell that failed, timed out or took the kernel down. Never raises for the notebook's sake."""
     import papermill
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -67,15 +94,36 @@ def execute(notebook: Path, output: Path, parameters: dict) -> Result:
     try:
         papermill.execute_notebook(
             str(notebook), str(output), parameters=parameters, kernel_name="python3",
-            cwd=str(notebook.parent), progress_bar=False,
+            cwd=str(notebook.parent), progress_bar=False, execution_timeout=timeout,
         )
     except PapermillExecutionError as failure:
         first_line = failure.source.strip().splitlines()[0] if failure.source.strip() else ""
         error = (f"cell {failure.cell_index} of {output} (In [{failure.exec_count}], starting "
                  f"{first_line!r}) raised {failure.ename}: {failure.evalue}")
+    except DeadKernelError:
+        error = (f"the kernel died in {last_started_cell(output)}: the process exited or was killed "
+                 "(often for lack of memory)")
+    except CellTimeoutError:
+        error = (f"{last_started_cell(output)} ran past the cell timeout of {timeout} s: find what hangs, "
+                 "or allow more with --cell-timeout")
+    except Exception as failure:  # noqa: BLE001 - the kernel would not start, the file is not a notebook, ...
+        error = f"papermill could not run it ({type(failure).__name__}: {str(failure).strip()[:300]})"
     seconds = time.perf_counter() - started
     records = read_records(nbformat.read(output, as_version=4)) if output.exists() else {}
     return Result(notebook.stem, seconds, records, error)
+
+
+def last_started_cell(output: Path) -> str:
+    """'cell N of OUTPUT (starting ...)': the last cell papermill started, where a run stopped without an error."""
+    if not output.exists():
+        return f"{output} (not written)"
+    cells = nbformat.read(output, as_version=4).cells
+    started = [i for i, cell in enumerate(cells)
+               if cell.cell_type == "code" and cell.metadata.get("papermill", {}).get("start_time")]
+    if not started:
+        return f"{output} (before its first cell)"
+    source = cells[started[-1]].source.strip()
+    return f"cell {started[-1]} of {output} (starting {source.splitlines()[0] if source else ''!r})"
 
 
 def summary_table(results: list[Result]) -> str:
@@ -91,19 +139,23 @@ def summary_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def run(selection=None, profile: str = "auto", overrides: dict | None = None, out: Path = BUILD) -> list[Result]:
-    """Execute the notebooks in order into `out`; write `out/summary.md` and `out/summary.json`."""
+def run(selection=None, profile: str = "auto", overrides: dict | None = None, out: Path = BUILD,
+        timeout: int | None = None) -> list[Result]:
+    """Execute the notebooks in order into `out`, each cell limited to `timeout` seconds (default: by profile);
+    a notebook that fails is recorded and the next one runs. `out/summary.md` and `out/summary.json` are
+    written after every notebook, so an interrupted run keeps its summary."""
     parameters = {"profile": profile, "overrides": overrides or {}}
+    timeout = cell_timeout(profile, timeout)
     results = []
     for notebook in course_notebooks(selection):
         print(f"running {notebook.name} ...", flush=True)
-        result = execute(notebook, out / notebook.name, parameters)
+        result = execute(notebook, out / notebook.name, parameters, timeout)
         print(f"  {'ok' if result.ok else 'FAILED'} in {result.seconds:.0f} s"
               + (f": {notebook.name} {result.error}" if result.error else ""), flush=True)
         results.append(result)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.md").write_text(summary_table(results) + "\n")
-    (out / "summary.json").write_text(json.dumps([vars(r) for r in results], indent=1))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.md").write_text(summary_table(results) + "\n")
+        (out / "summary.json").write_text(json.dumps([vars(r) for r in results], indent=1))
     return results
 
 
@@ -121,12 +173,14 @@ def clean_for_commit(path: Path) -> None:
     nbformat.write(notebook, path)
 
 
-def refresh_outputs(selection=None) -> list[Result]:
-    """Re-execute notebooks in the cpu profile and store them, with outputs, back in notebooks/."""
+def refresh_outputs(selection=None, timeout: int | None = None) -> list[Result]:
+    """Re-execute notebooks in the cpu profile and store them, with outputs, back in notebooks/; each cell is
+    limited to `timeout` seconds (default: the cpu profile's)."""
+    timeout = cell_timeout("cpu", timeout)
     results = []
     for notebook in course_notebooks(selection):
         print(f"refreshing {notebook.name} ...", flush=True)
-        result = execute(notebook, notebook, {"profile": "cpu"})
+        result = execute(notebook, notebook, {"profile": "cpu"}, timeout)
         if result.ok:
             clean_for_commit(notebook)
         print(f"  {'ok' if result.ok else 'FAILED: ' + result.error} in {result.seconds:.0f} s", flush=True)

@@ -2,24 +2,16 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
-import pickle
-import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-import numpy as np
-import torch
-from PIL import Image
-from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
-from torchvision import tv_tensors
-from torchvision.transforms import v2
-from tqdm.auto import tqdm
-from helpers.data.images import FileImages, LabeledImages
 
+from PIL import Image
+from tqdm.auto import tqdm
+
+from helpers.data.images import FileImages, LabeledImages
 
 TINY_IMAGE_SIDE = 16
 
@@ -62,33 +54,84 @@ class FolderScan:
 
 
 def scan_folder(path: str | os.PathLike) -> FolderScan:
-    """Open every file under `path`/<class>/ once: list unreadable files, odd modes, tiny images, duplicates (lesson 03)."""
+    """Open every file under `path`/<class>/ once: list unreadable files, odd modes, tiny images, duplicates,
+    hidden folders, links that lead back into the tree, and classes with too few readable images (lesson 03)."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"No folder at {root}: give a folder with one subfolder of images per class.")
     scan = FolderScan(root)
     for loose in sorted(f for f in root.iterdir() if f.is_file() and not f.name.startswith(".")):
         scan.problems.append(Problem(loose, "not inside a class folder", "skipped; move it into its class folder"))
+    walked: set[Path] = set()
+    readable: dict[Path, list[tuple[Path, str]]] = {}
+    for class_dir in walkable_folders(root, [p for p in sorted(root.iterdir()) if p.is_dir()], walked, scan.problems):
+        files = class_files(class_dir, root, walked, scan.problems)
+        images = [(file, digest) for file in files if (digest := inspect_image(file, scan.problems)) is not None]
+        if images:
+            readable[class_dir] = images
+        else:
+            issue = f"no readable image among its {len(files)} files" if files else "empty class folder"
+            scan.problems.append(Problem(class_dir, issue, "class left out"))
+    add_classes(scan, readable)
+    return scan
+
+
+MIN_CLASS_IMAGES = 3  # one each for training, validation and test
+
+
+def add_classes(scan: FolderScan, readable: dict[Path, list[tuple[Path, str]]]) -> None:
+    """Label each class's images, skipping exact duplicates of an image seen before; a class left with fewer
+    than `MIN_CLASS_IMAGES` is left out (lesson 03)."""
     first_seen: dict[str, Path] = {}
-    for class_dir in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
-        files = sorted(f for f in class_dir.rglob("*") if f.is_file() and not f.name.startswith("."))
-        if not files:
-            scan.problems.append(Problem(class_dir, "empty class folder", "class left out"))
-            continue
-        label = len(scan.classes)
-        scan.classes.append(class_dir.name)
-        for file in files:
-            digest = inspect_image(file, scan.problems)
-            if digest is None:
-                continue
+    for class_dir, images in readable.items():
+        unique = []
+        for file, digest in images:
             if digest in first_seen:
-                scan.problems.append(Problem(file, f"exact duplicate of {first_seen[digest].relative_to(root)}",
+                scan.problems.append(Problem(file, f"exact duplicate of {first_seen[digest].relative_to(scan.root)}",
                                              "skipped, so one image cannot land in two splits"))
                 continue
             first_seen[digest] = file
-            scan.paths.append(file)
-            scan.labels.append(label)
-    return scan
+            unique.append(file)
+        if len(unique) < MIN_CLASS_IMAGES:
+            scan.problems.append(Problem(
+                class_dir, f"only {len(unique)} image(s): a class needs {MIN_CLASS_IMAGES}, one each for "
+                           "training, validation and test", "class left out; add images to keep it"))
+            continue
+        scan.paths += unique
+        scan.labels += [len(scan.classes)] * len(unique)
+        scan.classes.append(class_dir.name)
+
+
+def class_files(class_dir: Path, root: Path, walked: set[Path], problems: list[Problem]) -> list[Path]:
+    """The files under `class_dir` (hidden ones left out), through subfolders that are safe to walk (lesson 03)."""
+    files = []
+    for folder, subfolders, names in os.walk(class_dir, followlinks=True):
+        here = Path(folder)
+        subfolders[:] = [p.name for p in walkable_folders(root, [here / n for n in sorted(subfolders)], walked,
+                                                          problems)]
+        files += [here / name for name in sorted(names) if not name.startswith(".")]
+    return files
+
+
+def walkable_folders(root: Path, folders: list[Path], walked: set[Path], problems: list[Problem]) -> list[Path]:
+    """`folders` less hidden ones (Jupyter's .ipynb_checkpoints, ...) and links that lead back into the tree, to
+    above it or to a folder walked already; each one left out is a problem (lesson 03)."""
+    kept, top = [], root.resolve()
+    for folder in folders:
+        target = folder.resolve()
+        if folder.name.startswith("."):
+            problems.append(Problem(folder, "hidden folder", "skipped; its files are not images of a class"))
+        elif folder.is_symlink() and (target == top or target in top.parents or top in target.parents):
+            where = ("the scanned folder itself" if target == top else "a folder above the scanned folder"
+                     if target in top.parents else "a folder inside the scanned folder")
+            problems.append(Problem(folder, f"link to {where} ({target})",
+                                    "skipped, so no image is counted twice or under another class"))
+        elif target in walked:
+            problems.append(Problem(folder, f"link to {target}, walked already", "skipped, so no image is counted twice"))
+        else:
+            walked.add(target)
+            kept.append(folder)
+    return kept
 
 
 def inspect_image(file: Path, problems: list[Problem]) -> str | None:
@@ -108,8 +151,12 @@ def inspect_image(file: Path, problems: list[Problem]) -> str | None:
 
 
 def file_hash(path: Path) -> str:
-    """sha256 of a file's bytes: equal for exact copies, whatever their names (lesson 03)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """sha256 of a file's bytes, read a megabyte at a time: equal for exact copies, whatever their names (lesson 03)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_image_folder(path: str | os.PathLike) -> FileImages:

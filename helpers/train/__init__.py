@@ -10,6 +10,9 @@ from helpers.train.cache import (  # noqa: F401
 )
 from helpers.train.checkpoint import (  # noqa: F401
     BestWeights,
+    CheckpointError,
+    kept_random_state,
+    latest_checkpoint,
     left_as_it_was,
     load_checkpoint,
     plain_model,
@@ -24,6 +27,14 @@ from helpers.train.device_images import (  # noqa: F401
     keep_batch,
     prepare_batch,
     random_crop_flip_theta,
+)
+from helpers.train.fingerprint import (  # noqa: F401
+    data_identity,
+    resume_problems,
+    run_fingerprint,
+)
+from helpers.train.guards import (  # noqa: F401
+    NonFiniteLoss,
 )
 from helpers.train.history import (  # noqa: F401
     History,
@@ -55,6 +66,10 @@ from helpers.train.optim import (  # noqa: F401
     run_steps,
     schedule_curve,
     warmup_cosine,
+)
+from helpers.train.rundir import (  # noqa: F401
+    FolderInUse,
+    claimed_run_folder,
 )
 from helpers.train.speed import (  # noqa: F401
     Throughput,

@@ -1,6 +1,7 @@
 """`DeviceImages`: a whole image set kept as uint8 on the GPU and prepared there, a batch at a time (lesson 05)."""
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -31,9 +32,16 @@ def prepare_batch(images: torch.Tensor, spec: ImageSpec, *, augment: bool = Fals
     elif tuple(pixels.shape[-2:]) != tuple(spec.size):
         shrinking = pixels.shape[-1] > spec.size[1] or pixels.shape[-2] > spec.size[0]
         pixels = F.interpolate(pixels, size=spec.size, mode="bilinear", align_corners=False, antialias=shrinking)
-    mean = torch.tensor(spec.mean, device=images.device, dtype=dtype).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, device=images.device, dtype=dtype).view(1, 3, 1, 1)
+    mean, std = (per_channel(tuple(values), images.device, dtype) for values in (spec.mean, spec.std))
     return (pixels - mean) / std
+
+
+@functools.lru_cache(maxsize=32)
+def per_channel(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """`values` as a [1, C, 1, 1] tensor on `device`, made once: copied from the host for every batch, they
+    would make the CPU wait for the GPU to finish its queued work before it could queue the next step (lesson 05)."""
+    with torch.inference_mode(False):  # a plain tensor, usable in training as well as under inference_mode
+        return torch.tensor(values, dtype=dtype).view(1, -1, 1, 1).to(device)
 
 
 def random_crop_flip_theta(batch: int, scale: tuple[float, float], ratio: tuple[float, float],
@@ -112,7 +120,10 @@ class DeviceImages(torch.utils.data.Dataset):
 
     def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         """Images `indices`, prepared on the device (a fresh random draw per image when augmenting), and labels."""
-        index = torch.as_tensor(indices, dtype=torch.long).to(self.images.device, non_blocking=True)
+        index = torch.as_tensor(indices, dtype=torch.long)
+        if index.device.type == "cpu" and self.images.is_cuda:
+            index = index.pin_memory()  # from pinned memory the copy is asynchronous: the CPU need not wait
+        index = index.to(self.images.device, non_blocking=True)
         images = prepare_batch(self.images[index], self.spec, augment=self.augment, crop_scale=self.crop_scale,
                                flip=self.flip, dtype=self.dtype)
         return images, self.labels[index]
