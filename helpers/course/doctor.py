@@ -212,7 +212,7 @@ def check_disk(folders: dict[str, Path] | None = None) -> Check:
 
 def check_network() -> Check:
     cached = profiles.gpu_assets_cached()
-    what = f"gpu model ({profiles.GPU_MODEL}) {'cached' if cached else 'not cached'}"
+    what = f"the gpu profile's model ({profiles.GPU_MODEL}) {'is' if cached else 'is not'} cached"
     if profiles.is_online():
         return Check("network", OK, f"the hub is reachable; {what}")
     if cached:

@@ -27,15 +27,13 @@ CHECKER_CALL = re.compile(r"\b(check_\w+)\(")
 EXERCISE_TITLE = re.compile(r"Exercise\s*(\d+)\W*\s*([^\n]*)")
 
 
-def bound_names(code: str, default=None) -> list[str]:
-    """Names a piece of module-level code binds, in order (assignments, loop targets, imports, defs); for code
-    that is not plain Python (IPython magics), `default` if given, else SyntaxError."""
+def bound_names(code: str) -> list[str]:
+    """Names a piece of module-level code binds, in order (assignments, loop targets, imports, defs); none for
+    code that is not plain Python (IPython magics)."""
     try:
         tree = ast.parse(code)
     except SyntaxError:
-        if default is None:
-            raise
-        return default
+        return []
     found = []
 
     class Binder(ast.NodeVisitor):
@@ -65,11 +63,7 @@ def stub(indent: str, solution: str, before: str, after: str) -> str:
     each name the solution sets that is read later, set to None. Exercise checkers report both as not answered."""
     if indent:
         return f"{indent}# YOUR CODE HERE\n{indent}raise NotImplementedError('write your solution here')"
-    try:
-        names = bound_names(solution)
-    except SyntaxError:
-        return "# YOUR CODE HERE\nraise NotImplementedError('write your solution here')"
-    needed = [name for name in names if re.search(rf"\b{name}\b", after)
+    needed = [name for name in bound_names(solution) if re.search(rf"\b{name}\b", after)
               and not re.search(rf"^{name}\s*=", before, re.M)]
     return "\n".join(["# YOUR CODE HERE"] + [f"{name} = None  # replace None with your answer" for name in needed])
 
@@ -93,7 +87,7 @@ def answer_names(source: str) -> set[str]:
         if block[1]:
             names.update(re.findall(r"^(?:async )?def (\w+)", source[:block.start()], re.M)[-1:])
         else:
-            names.update(bound_names(block[2], default=[]))
+            names.update(bound_names(block[2]))
     return names
 
 
@@ -131,7 +125,7 @@ def student_copy(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
         if depends and CARRY_ON_TAG not in cell.metadata.get("tags", []):
             cell.metadata["tags"] = cell.metadata.get("tags", []) + [CARRY_ON_TAG]
         if depends and not solution:  # what this cell computes depends on an answer too
-            answers |= set(bound_names(cell.source, default=[]))
+            answers |= set(bound_names(cell.source))
         if solution:
             answers |= answer_names(cell.source)
             later = "\n".join(c.source for c in cells[index + 1:] if c.cell_type == "code")
