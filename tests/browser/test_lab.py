@@ -69,6 +69,7 @@ def run_cell(page, cell) -> str:
     page.keyboard.press("Control+Enter")
     page.wait_for_function(f"() => ({KERNEL_IDLE})()", timeout=120_000)
     page.wait_for_timeout(300)
+    cell.locator(".jp-OutputArea").scroll_into_view_if_needed()  # for the screenshot
     return cell.locator(".jp-OutputArea").text_content()
 
 
