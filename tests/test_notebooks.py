@@ -3,12 +3,15 @@
 New notebooks are picked up without editing this file; `EXPECTATIONS` adds checks on what a
 notebook records with `helpers.course.record` where a result holds by design.
 """
+import platform
 from pathlib import Path
 
 import nbformat
 import pytest
+from jupyter_client.kernelspec import KernelSpecManager
 
 from helpers import course
+from helpers.course import colab
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
@@ -64,7 +67,12 @@ def test_notebook_follows_the_conventions(path):
     code = [cell for cell in rest if cell.cell_type == "code"]
     assert "parameters" in code[0].metadata.get("tags", []), "the first code cell must be the parameters cell"
     assert code[0].source.splitlines()[0] == 'profile = "auto"'
-    assert "course.start(profile, overrides)" in code[1].source
+    assert code[1].metadata.get("tags") == [colab.INSTALL_TAG], "then the Colab install cell (helpers.course tidy)"
+    assert "course.start(profile, overrides)" in code[2].source
+    spec = KernelSpecManager().get_kernel_spec("python3")  # what Lab writes on open, unless the notebook says it
+    kernelspec = {"display_name": spec.display_name, "language": spec.language, "name": "python3"}
+    assert notebook.metadata.get("kernelspec") == kernelspec, "run `python -m helpers.course tidy`"
+    assert notebook.metadata.get("language_info", {}).get("version") == platform.python_version()
     assert all(cell.get("execution_count") is not None for cell in code), "commit the notebook with its outputs"
     assert not [o for c in code for o in c.outputs if o.output_type == "error"], "the committed run has an error"
     assert "widgets" not in notebook.metadata, "strip widget state before committing"

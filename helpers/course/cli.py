@@ -3,10 +3,15 @@
     python -m helpers.course run                       # every notebook, default profile -> build/
     python -m helpers.course run 02_freezing -p epochs 3 --profile cpu
     python -m helpers.course outputs                   # refresh the committed outputs (cpu profile)
-    python -m helpers.course student --out build/student  # copies without solutions, for a workshop
+    python -m helpers.course student                   # copies without solutions -> notebooks/student
     python -m helpers.course prefetch [--stand-in]     # cache the gpu profile's model and CIFAR-10
     python -m helpers.course sweep 07_your_photos -p lr 1e-4,3e-4 -p seed 0,1,2 --jobs 2
     python -m helpers.course finetune --data imagefolder:PATH --model tiny-vit --out build/my-model
+    python -m helpers.course doctor                    # is this machine ready for the course?
+    python -m helpers.course bundle --out FILE         # a workshop in one file, for machines with no network
+    python -m helpers.course install-bundle FILE       # set a machine up from it, offline
+    python -m helpers.course site                      # the executed lessons as static HTML -> build/site
+    python -m helpers.course tidy                      # kernel metadata, Colab badge and install cell
 
 Each command is a small class in `COMMANDS`: a name, a help line, `add_arguments(parser)` and
 `run(args) -> exit status`. A `ValueError` from a command becomes one `error:` line and exit status 2.
@@ -21,7 +26,7 @@ from helpers import profiles
 from helpers.course.finetune import FinetuneCommand
 from helpers.course.notebook import BUILD
 from helpers.course.runner import CELL_TIMEOUT_S, Result, parse_overrides, refresh_outputs, run, summary_table
-from helpers.course.student import make_student_copies
+from helpers.course.student import STUDENT_DIR, make_student_copies
 from helpers.course.sweep import SweepCommand
 
 
@@ -69,14 +74,15 @@ class OutputsCommand:
 
 
 class StudentCommand:
-    name, help = "student", "student copies: solutions removed, outputs cleared"
+    name, help = "student", "student copies of the committed notebooks: solutions stubbed, outputs cleared"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("notebooks", nargs="*")
-        parser.add_argument("--out", type=Path, default=BUILD / "student")
+        parser.add_argument("--out", type=Path, default=STUDENT_DIR)
+        parser.add_argument("--force", action="store_true", help="replace copies that were changed since")
 
     def run(self, args) -> int:
-        written = make_student_copies(args.out, args.notebooks)
+        written = make_student_copies(args.out, args.notebooks, force=args.force)
         print(f"{len(written)} student notebooks written to {args.out}")
         return 0
 
@@ -94,7 +100,79 @@ class PrefetchCommand:
         return prefetch(stand_in=args.stand_in)
 
 
-COMMANDS = [RunCommand(), OutputsCommand(), StudentCommand(), PrefetchCommand(), SweepCommand(), FinetuneCommand()]
+class DoctorCommand:
+    name, help = "doctor", "is this machine ready for the course? one line per check, with the fix"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--brief", action="store_true", help="only the lines that need a fix")
+
+    def run(self, args) -> int:
+        from helpers.course.doctor import doctor
+
+        return doctor(brief=args.brief)
+
+
+class BundleCommand:
+    name, help = "bundle", "pack wheels, cached gpu model and data, student copies into one file for offline rooms"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--out", type=Path, required=True)
+        parser.add_argument("--python", help="target Python version, e.g. 3.11.7 (default: this one)")
+        parser.add_argument("--wheels", type=Path, help="a folder of wheels to pack instead of downloading them")
+
+    def run(self, args) -> int:
+        from helpers.course.bundle import build
+
+        manifest = build(args.out, args.python, args.wheels)
+        size = sum(f["size"] for f in manifest["files"].values())
+        print(f"{args.out}: {len(manifest['files'])} files, {size / 1e9:.2f} GB, for {manifest['target']}")
+        return 0
+
+
+class InstallBundleCommand:
+    name, help = "install-bundle", "set this machine up from a bundle with no network (checksums verified)"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("bundle", type=Path)
+        parser.add_argument("--venv", type=Path, help="the environment to install into (default: the kit's .venv)")
+
+    def run(self, args) -> int:
+        from helpers.course.bundle import ROOT, install
+
+        print(install(args.bundle, args.venv or ROOT / ".venv"))
+        return 0
+
+
+class SiteCommand:
+    name, help = "site", "static HTML of the executed lessons, with the course map -> build/site"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--out", type=Path, default=BUILD / "site")
+
+    def run(self, args) -> int:
+        from helpers.course.website import build_site
+
+        pages = build_site(args.out)
+        print(f"{len(pages)} pages written to {args.out}; open {args.out / 'index.html'}")
+        return 0
+
+
+class TidyCommand:
+    name, help = "tidy", "give notebooks this kernel's metadata, the Colab badge and the Colab install cell"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("notebooks", nargs="*")
+
+    def run(self, args) -> int:
+        from helpers.course.tidy import tidy_notebooks
+
+        changed = tidy_notebooks(args.notebooks)
+        print(f"{len(changed)} notebooks changed" + (f": {', '.join(p.name for p in changed)}" if changed else ""))
+        return 0
+
+
+COMMANDS = [RunCommand(), OutputsCommand(), StudentCommand(), DoctorCommand(), TidyCommand(), SiteCommand(),
+            BundleCommand(), InstallBundleCommand(), PrefetchCommand(), SweepCommand(), FinetuneCommand()]
 
 
 def main(argv=None) -> int:
