@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 import shlex
 import subprocess
@@ -65,18 +66,18 @@ def check_lr_choice(lr: float, finder: LRFinderResult) -> bool:
     Sound means between 1/30 and 1/3 of the lr at the loss minimum: on the falling part of the
     curve, well below where the loss turns up.
     """
-    low, high = finder.lr_at_min / 30, finder.lr_at_min / 3
-    if not (isinstance(lr, (int, float)) and lr > 0):
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not lr > 0:
         raise AssertionError(f"A learning rate must be a positive number, got {lr!r}.")
+    low, high = finder.lr_at_min / 30, finder.lr_at_min / 3
     if lr > high:
         raise AssertionError(
-            f"{lr:.1e} is too close to the minimum at {finder.lr_at_min:.1e}, where the loss is about to blow up: "
-            "go about ten times lower than the minimum."
+            f"{lr:.1e} is too close to the lr at the loss minimum (or past it), where the loss is about to blow up: "
+            "go about ten times lower than the minimum of the smoothed curve."
         )
     if lr < low:
         raise AssertionError(
-            f"{lr:.1e} is more than 30 times below the minimum at {finder.lr_at_min:.1e}: training would crawl; "
-            "pick about a tenth of the minimum."
+            f"{lr:.1e} is more than 30 times below the lr at the loss minimum: training would crawl; pick about a "
+            "tenth of the minimum of the smoothed curve."
         )
     print(f"Correct: {lr:.1e} lies on the falling part of the curve, about a decade below the minimum.")
     return True
@@ -115,7 +116,7 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
 def check_accumulation(grad_accum: int, batch_size: int, target: int = 512, num_processes: int = 1) -> bool:
     """Exercise checker: True when `grad_accum` micro-batches of `batch_size` on `num_processes` processes
     make an effective batch of `target`, else AssertionError saying what is wrong."""
-    if not (isinstance(grad_accum, int) and grad_accum >= 1):
+    if isinstance(grad_accum, bool) or not (isinstance(grad_accum, numbers.Integral) and grad_accum >= 1):
         raise AssertionError(f"grad_accum must be a whole number of at least 1, got {grad_accum!r}.")
     effective = grad_accum * batch_size * num_processes
     if effective != target:
