@@ -97,6 +97,10 @@ def test_stratified_subset_keeps_the_balance_and_all_when_big_enough():
     assert not torch.equal(splits.stratified_subset(dataset, 60, seed=1).images, subset.images)
     for size in (None, 180, 500):
         assert splits.stratified_subset(dataset, size, seed=0) is dataset
+    for size, counts in ((179, [30, 60, 89]), (178, [30, 59, 89])):  # one image left out of the largest classes
+        nearly_all = splits.stratified_subset(dataset, size, seed=0)
+        assert np.bincount(nearly_all.labels).tolist() == counts
+        assert splits.stratified_subset(dataset, size, seed=0).labels == nearly_all.labels
     assert len(splits.stratified_subset(dataset, 3, seed=0)) == 3  # one per class is enough
     rows = [tuple(dataset.images[i].flatten().tolist()) for i in range(len(dataset))]
     kept = [rows.index(tuple(image.flatten().tolist())) for image in subset.images]

@@ -68,8 +68,16 @@ def stratified_subset(dataset: LabeledImages, size: int | None, seed: int) -> La
     """At most `size` items of `dataset`, keeping the class balance (None: all of it) (lesson 03)."""
     if size is None or size >= len(dataset):
         return dataset
-    if size < len(set(dataset.labels)):
-        raise ValueError(f"A subset of {size} images cannot hold all {len(set(dataset.labels))} classes: ask for more.")
+    classes = len(set(dataset.labels))
+    if size < classes:
+        raise ValueError(f"A subset of {size} images cannot hold all {classes} classes: ask for more.")
+    left_out = len(dataset) - size
+    if left_out < classes:  # too few to leave one of each class out, as sklearn's stratified draw would
+        labels = np.asarray(dataset.labels)
+        largest = np.argsort(-np.bincount(labels), kind="stable")[:left_out]
+        rng = np.random.default_rng(seed)
+        dropped = {int(rng.choice(np.flatnonzero(labels == label))) for label in largest}
+        return dataset.subset([i for i in range(len(dataset)) if i not in dropped])
     keep, _ = train_test_split(np.arange(len(dataset)), train_size=size, stratify=dataset.labels, random_state=seed)
     return dataset.subset(sorted(keep))
 
