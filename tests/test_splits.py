@@ -161,7 +161,8 @@ def test_find_leaks_on_files_reports_the_same_file_once_and_copies_by_content(tm
 def test_the_leak_report_lists_ten_leaks_and_counts_the_rest():
     sizes = {"train": 12, "val": 12, "test": 0}
     clean = splits.LeakageReport([], sizes)
-    assert clean.ok and str(clean) == "no leaks: no file and no identical content in two splits (train 12, val 12, test 0)"
+    assert clean.ok
+    assert str(clean) == "no leaks: no file and no identical content in two splits (train 12, val 12, test 0)"
     leaks = [splits.Leak("same content", f"train #{i}", f"val #{i}") for i in range(12)]
     lines = str(splits.LeakageReport(leaks, sizes)).splitlines()
     assert lines[0] == "12 leak(s) between splits (train 12, val 12, test 0):"
