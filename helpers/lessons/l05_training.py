@@ -287,8 +287,9 @@ def run_distributed_demo(out_dir: str | os.PathLike, nproc_per_node: int = 2, tr
                          timeout: float = 600) -> list[dict]:
     """Run `helpers.lessons.l05_distributed_demo` (fit() on the tiny ViT) under torchrun; return each rank's report.
 
-    Each report holds rank, world_size, the weights' checksum before and after training, and
-    val_accuracy. Every rank must end with the same weights for data-parallel training to be right.
+    Each report holds rank, world_size, the weights' checksum before and after training, val_accuracy
+    and sample_indices (the training images the rank read). Every rank must end with the same weights,
+    and the ranks must share the epoch's images out between them, for data-parallel training to be right.
     With fewer GPUs than processes the processes run on the CPU (gloo), as two cannot share one GPU.
     """
     out_dir = Path(out_dir)
