@@ -92,6 +92,12 @@ def test_make_optimizer_builds_adamw_and_sgd_over_the_groups():
         optim.make_optimizer("adam", groups, lr=1e-3)
 
 
+def test_adamw_is_fused_on_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # fused AdamW also runs on the CPU, to check it
+    adamw = optim.make_optimizer("adamw", optim.parameter_groups(one_block_vit(), 0.05), lr=3e-4)
+    assert adamw.defaults["fused"] is True
+
+
 @pytest.mark.parametrize("schedule, after_warmup", [
     # warmup 4 of 12 steps: 1/5 .. 4/5, then the shape over the 8 steps left (progress 0, 1/8, ..., 7/8)
     ("warmup_cosine", [0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(8)]),
