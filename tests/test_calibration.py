@@ -63,14 +63,14 @@ def test_perfect_and_hopeless_calibration():
 @pytest.mark.parametrize("n_bins", [0, -3])
 def test_at_least_one_bin(n_bins):
     probs, labels = two_class([0.6], [True])
-    with pytest.raises(ValueError, match=re.escape(f"n_bins must be at least 1; got {n_bins}.")):
+    with pytest.raises(ValueError, match="^" + re.escape(f"n_bins must be at least 1; got {n_bins}.") + "$"):
         calibration.reliability_bins(probs, labels, n_bins)
 
 
 @pytest.mark.parametrize("probs", [np.array([[2.0, -1.0]]), np.array([[0.6, 0.5]]), np.array([[0.5, 0.498]])])
 def test_calibration_needs_probabilities(probs):
     message = "probs must be probabilities (rows summing to 1); pass Predictions.probs, not logits."
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         calibration.expected_calibration_error(probs, np.array([0]))
 
 
@@ -131,10 +131,11 @@ def test_apply_temperature_softens_and_sharpens():
 
 @pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan"), float("inf")])
 def test_apply_temperature_needs_a_positive_number(temperature):
-    with pytest.raises(ValueError, match=re.escape(f"temperature must be a positive number; got {temperature!r}.")):
+    message = f"temperature must be a positive number; got {temperature!r}."
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         calibration.apply_temperature(np.zeros((1, 2)), temperature)
 
 
 def test_apply_temperature_needs_n_by_c_logits():
-    with pytest.raises(ValueError, match=re.escape("Expected logits of shape [N, C]; got (3,).")):
+    with pytest.raises(ValueError, match="^" + re.escape("Expected logits of shape [N, C]; got (3,).") + "$"):
         calibration.apply_temperature(np.zeros(3), 1.0)

@@ -93,7 +93,7 @@ def test_a_checkpoint_written_into_a_new_nested_folder(tmp_path):
 def test_load_without_a_checkpoint_says_what_to_do(tmp_path):
     model, optimizer, scheduler, accelerator = trained_parts()
     message = f"No checkpoint in {tmp_path}: train once with checkpoint_dir set, or use resume=False."
-    with pytest.raises(FileNotFoundError, match=re.escape(message)):
+    with pytest.raises(FileNotFoundError, match="^" + re.escape(message) + "$"):
         checkpoint.load_checkpoint(tmp_path, accelerator, model, optimizer, scheduler)
 
 
@@ -164,7 +164,7 @@ def test_restoring_best_weights_never_kept_says_why(tmp_path, folder):
     best = checkpoint.BestWeights(accelerator, None if folder is None else tmp_path / folder)
     message = ("The best epoch was trained before this resume and its weights were not saved: resume with "
                "restore_best=True only when the first call used it too.")
-    with pytest.raises(FileNotFoundError, match=re.escape(message)):
+    with pytest.raises(FileNotFoundError, match="^" + re.escape(message) + "$"):
         best.restore(model)
 
 

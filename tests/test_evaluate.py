@@ -662,8 +662,8 @@ def test_onnx_export_runs_in_onnxruntime_for_any_batch_size_and_matches_pytorch(
 def test_onnx_export_without_the_packages_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if it were not installed
     assert not export.onnx_available()
-    with pytest.raises(ModuleNotFoundError, match=re.escape(
-            "ONNX export needs the onnx and onnxscript packages: pip install onnx onnxscript onnxruntime.")):
+    with pytest.raises(ModuleNotFoundError, match="^" + re.escape(
+            "ONNX export needs the onnx and onnxscript packages: pip install onnx onnxscript onnxruntime.") + "$"):
         export.export_onnx(tiny_vit(), tmp_path / "model.onnx", torch.randn(1, 3, 8, 8))
 
 

@@ -100,7 +100,7 @@ def test_soft_cross_entropy_is_computed_in_float32_from_half_precision_logits():
 
 def test_soft_targets_of_the_wrong_shape_say_what_to_give():
     message = "Soft targets have shape (5, 4) but the logits have (5, 3): give one probability per class."
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         loop.cross_entropy(torch.randn(5, 3), torch.ones(5, 4) / 4)
 
 
@@ -374,7 +374,7 @@ def test_seed_everything_seeds_python_numpy_and_torch():
 ])
 def test_bad_calls_say_what_is_wrong(call, message):
     arguments = {"train_set": Points(1), "val_set": Points(1), **call}
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         loop.fit(model(), arguments.pop("train_set"), arguments.pop("val_set"), SETTINGS, progress=False,
                  **arguments)
 

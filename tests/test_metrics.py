@@ -29,7 +29,7 @@ def test_accuracy_counts_right_predictions_of_numpy_lists_and_tensors():
 ])
 def test_class_ids_must_be_non_empty_matching_1d(preds, labels, shapes):
     message = f"preds and labels must be non-empty 1-D arrays of the same length; got shapes {shapes}."
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         metrics.accuracy(preds, labels)
 
 
@@ -44,7 +44,7 @@ def test_one_image_is_enough():
 def test_class_ids_out_of_range_name_the_range(preds, labels, what, low, high):
     message = (f"{what} must be class ids from 0 to 2, but range from {low} to {high}; check that the number of "
                "classes matches the model.")
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         metrics.per_class_report(preds, labels, NAMES)
 
 
@@ -65,7 +65,8 @@ def test_top_k_accuracy_by_hand_with_ties_broken_towards_the_lower_class():
 
 @pytest.mark.parametrize("k", [0, 4])
 def test_top_k_outside_one_to_the_class_count_is_refused(k):
-    with pytest.raises(ValueError, match=re.escape(f"k={k} must be between 1 and the number of classes (3).")):
+    message = f"k={k} must be between 1 and the number of classes (3)."
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         metrics.top_k_accuracy(np.full((2, 3), 1 / 3), np.array([0, 1]), k)
 
 
@@ -77,12 +78,14 @@ def test_top_k_outside_one_to_the_class_count_is_refused(k):
 ])
 def test_scores_must_be_n_by_c_with_n_labels(scores, labels, shapes):
     message = f"Expected scores of shape [N, C] and labels of shape [N] with N > 0; got {shapes}."
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         metrics.top_k_accuracy(scores, labels, 1)
 
 
 def test_labels_beyond_the_score_columns_are_refused():
-    with pytest.raises(ValueError, match=re.escape("labels must be class ids from 0 to 1, but range from 0 to 2")):
+    message = ("labels must be class ids from 0 to 1, but range from 0 to 2; check that the number of classes "
+               "matches the model.")
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         metrics.top_k_accuracy(np.full((2, 2), 0.5), np.array([0, 2]), 1)
 
 
@@ -136,20 +139,28 @@ def test_most_confused_pairs_are_the_largest_mistakes_first_with_their_share():
     assert [(p.true_class, p.predicted_class, p.count) for p in pairs] == [("b", "a", 4), ("c", "b", 4),
                                                                              ("a", "b", 2)]
     assert [p.fraction for p in pairs] == pytest.approx([0.4, 0.5, 0.25])
-    assert len(metrics.most_confused_pairs(cm, ["a", "b", "c", "d"])) == 5  # five by default
     everything = metrics.most_confused_pairs(cm, ["a", "b", "c", "d"], k=20)
     assert len(everything) == 5 and all(p.count > 0 for p in everything)  # pairs never confused are left out
     assert metrics.most_confused_pairs(np.eye(2, dtype=int), ["a", "b"], k=1) == []
     assert len(metrics.most_confused_pairs(cm, ["a", "b", "c", "d"], k=1)) == 1
 
 
+def test_most_confused_pairs_show_five_by_default_and_break_ties_row_by_row():
+    cm = np.ones((5, 5), dtype=int) + 4 * np.eye(5, dtype=int)  # every mistake made once: 20 ties
+    pairs = metrics.most_confused_pairs(cm, list("abcde"), k=20)
+    assert [(p.true_class, p.predicted_class) for p in pairs] == [
+        (t, p) for t in "abcde" for p in "abcde" if t != p]  # in reading order of the matrix
+    assert len(metrics.most_confused_pairs(cm, list("abcde"))) == 5
+
+
 def test_most_confused_pairs_refuse_a_bad_matrix_or_k():
-    with pytest.raises(ValueError, match=re.escape(
-            "Expected a square confusion matrix with one row per class (3); got shape (2, 2).")):
+    with pytest.raises(ValueError, match="^" + re.escape(
+            "Expected a square confusion matrix with one row per class (3); got shape (2, 2).") + "$"):
         metrics.most_confused_pairs(np.eye(2), ["a", "b", "c"])
-    with pytest.raises(ValueError, match=re.escape("got shape (3,)")):
+    message = "Expected a square confusion matrix with one row per class (3); got shape (3,)."
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         metrics.most_confused_pairs(np.ones(3), ["a", "b", "c"])
-    with pytest.raises(ValueError, match=re.escape("k must be at least 1; got 0.")):
+    with pytest.raises(ValueError, match="^" + re.escape("k must be at least 1; got 0.") + "$"):
         metrics.most_confused_pairs(np.eye(2), ["a", "b"], k=0)
 
 
@@ -169,13 +180,10 @@ def test_bootstrap_interval_is_the_binomial_percentile_interval():
                                                                                           n_boot=1)
 
 
-@pytest.mark.parametrize("correct, message", [
-    (np.array([0.5, 1.0]), "correct must be a non-empty 1-D array of booleans (or 0/1), e.g. Predictions.correct."),
-    (np.array([]), "correct must be a non-empty 1-D array of booleans"),
-    (np.ones((2, 2), dtype=bool), "correct must be a non-empty 1-D array of booleans"),
-])
-def test_bootstrap_refuses_what_is_not_a_list_of_outcomes(correct, message):
-    with pytest.raises(ValueError, match=re.escape(message)):
+@pytest.mark.parametrize("correct", [np.array([0.5, 1.0]), np.array([]), np.ones((2, 2), dtype=bool)])
+def test_bootstrap_refuses_what_is_not_a_list_of_outcomes(correct):
+    message = "correct must be a non-empty 1-D array of booleans (or 0/1), e.g. Predictions.correct."
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         metrics.bootstrap_ci(correct)
 
 
@@ -185,7 +193,7 @@ def test_bootstrap_refuses_what_is_not_a_list_of_outcomes(correct, message):
     (dict(alpha=1.0), "alpha must be strictly between 0 and 1; got 1.0."),
 ])
 def test_bootstrap_refuses_bad_settings(options, message):
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         metrics.bootstrap_ci(np.array([True, False]), **options)
 
 
@@ -197,5 +205,15 @@ def test_most_confident_mistakes_are_the_wrong_ones_most_confident_first():
     assert metrics.most_confident_mistakes(predictions).tolist() == [1, 2, 5, 4]
     assert metrics.most_confident_mistakes(predictions, k=2).tolist() == [1, 2]
     assert metrics.most_confident_mistakes(predictions, k=1).tolist() == [1]
-    with pytest.raises(ValueError, match=re.escape("k must be at least 1; got 0.")):
+    with pytest.raises(ValueError, match="^" + re.escape("k must be at least 1; got 0.") + "$"):
         metrics.most_confident_mistakes(predictions, k=0)
+
+
+def test_many_mistakes_tied_in_confidence_keep_their_order_and_eight_are_shown():
+    top = np.where(np.arange(40) % 3 == 0, 0.9, 0.7)  # 40 mistakes, in two confidence levels
+    probs = np.stack([top, 1 - top], axis=1)
+    predictions = Predictions(logits=np.log(probs), probs=probs, labels=np.ones(40, dtype=int),
+                              preds=np.zeros(40, dtype=int))
+    order = metrics.most_confident_mistakes(predictions, k=40).tolist()
+    assert order == list(range(0, 40, 3)) + [i for i in range(40) if i % 3]  # ties in dataset order
+    assert metrics.most_confident_mistakes(predictions).tolist() == order[:8]

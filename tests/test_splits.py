@@ -50,7 +50,7 @@ def test_the_seed_decides_every_split():
 ])
 def test_bad_fractions_are_refused(val_fraction, test_fraction):
     message = "val_fraction and test_fraction must be in (0, 1) and sum to less than 1."
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         splits.stratified_split([0, 1] * 50, val_fraction, test_fraction, seed=0)
 
 
@@ -108,7 +108,8 @@ def test_stratified_subset_keeps_the_balance_and_all_when_big_enough():
 
 
 def test_a_subset_smaller_than_the_class_count_says_so():
-    with pytest.raises(ValueError, match=re.escape("A subset of 2 images cannot hold all 3 classes: ask for more.")):
+    message = "A subset of 2 images cannot hold all 3 classes: ask for more."
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         splits.stratified_subset(labelled([5, 5, 5]), 2, seed=0)
 
 
@@ -169,6 +170,8 @@ def test_the_leak_report_lists_ten_leaks_and_counts_the_rest():
     assert lines[1:11] == [f"  same content: train #{i} and val #{i}" for i in range(10)]
     assert lines[11:] == ["  ... and 2 more"]
     assert len(str(splits.LeakageReport(leaks[:10], sizes)).splitlines()) == 11  # exactly ten: nothing more to say
+    assert str(splits.LeakageReport(leaks[:11], sizes)).splitlines()[10:] == ["  same content: train #9 and val #9",
+                                                                            "  ... and 1 more"]
 
 
 def test_class_counts_include_empty_classes():
