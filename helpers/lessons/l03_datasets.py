@@ -275,8 +275,9 @@ def check_clean_split(make_splits) -> bool:
     if split_hashes(answer_of("make_splits(dataset, seed=1)", make_splits, dataset, 1)) == hashes:
         raise AssertionError("Seeds 0 and 1 gave the same splits: use the seed argument, not a fixed number.")
     dropped = len(conflicting - set(every))
-    print(f"Correct: {total} distinct images ({dropped} with conflicting labels left out for review), stratified "
-          f"{[len(hashes[n]) for n in SPLIT_NAMES]}, seeded, and no image in two splits.")
+    left_out = f" ({dropped} with conflicting labels left out for review)" if dropped else ""
+    print(f"Correct: {total} distinct images{left_out}, stratified {[len(hashes[n]) for n in SPLIT_NAMES]}, seeded, "
+          "and no image in two splits.")
     return True
 
 
