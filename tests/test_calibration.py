@@ -2,6 +2,7 @@
 temperature, the fitted temperature at the NLL's minimum, and scaled probabilities."""
 import math
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -29,6 +30,14 @@ def test_reliability_bins_by_hand():
     assert bins.accuracy[2:].tolist() == pytest.approx([2 / 3, 1.0])
     expected = (3 * abs(2 / 3 - 2.05 / 3) + 2 * abs(1 - 0.95)) / 5  # each bin's gap weighted by its images
     assert bins.ece == pytest.approx(expected) and calibration.expected_calibration_error(probs, labels, 4) == bins.ece
+
+
+def test_empty_bins_are_nan_without_a_warning():
+    probs, labels = two_class([0.95], [True])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 0 / 0 in an empty bin must not warn
+        bins = calibration.reliability_bins(probs, labels, n_bins=10)
+    assert np.isnan(bins.accuracy[:9]).all() and bins.accuracy[9] == 1.0
 
 
 def test_a_confidence_on_a_bin_edge_belongs_to_the_lower_bin():

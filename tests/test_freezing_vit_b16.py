@@ -64,6 +64,15 @@ def test_linear_probe_bitfit_and_full_finetune_counts(vit_b16):
     assert freezing.count_parameters(vit_b16).trainable == TOTAL
 
 
+def test_strategies_by_name(vit_b16):
+    assert freezing.apply_strategy(vit_b16, "freeze_first_blocks", k=11) == freezing.trainable_names(vit_b16)
+    assert freezing.count_parameters(vit_b16).trainable == BLOCK + HEAD
+    with pytest.raises(ValueError) as error:
+        freezing.apply_strategy(vit_b16, "lora")
+    assert str(error.value) == ("Unknown freezing strategy 'lora': choose one of linear_probe, freeze_first_blocks, "
+                                "bitfit, full_finetune.")
+
+
 def test_layerwise_lr_decay_over_fourteen_layers(vit_b16):
     freezing.freeze_first_blocks(vit_b16, 10)  # blocks 10 and 11 and the head train
     groups = freezing.llrd_param_groups(vit_b16, lr=1e-3, decay=0.5, weight_decay=0.05)

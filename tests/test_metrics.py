@@ -63,6 +63,13 @@ def test_top_k_accuracy_by_hand_with_ties_broken_towards_the_lower_class():
     assert metrics.top_k_accuracy(torch.tensor(probs), torch.tensor(labels), 2) == 0.5
 
 
+def test_top_k_ties_among_many_classes_go_to_the_lower_class_ids():
+    row = np.array([3, 2, 2, 1, 1, 1, 1, 1, 1, 3, 2, 3, 2, 2, 3, 3, 2, 2, 2, 3], dtype=float)
+    probs = (row / row.sum())[None]  # 20 classes, six tied at the top: classes 0 and 9 come first
+    assert metrics.top_k_accuracy(probs, np.array([9]), 2) == 1.0
+    assert metrics.top_k_accuracy(probs, np.array([14]), 2) == 0.0
+
+
 @pytest.mark.parametrize("k", [0, 4])
 def test_top_k_outside_one_to_the_class_count_is_refused(k):
     message = f"k={k} must be between 1 and the number of classes (3)."
@@ -173,9 +180,10 @@ def test_bootstrap_interval_is_the_binomial_percentile_interval():
     narrower = metrics.bootstrap_ci(correct, alpha=0.5, n_boot=4000, seed=1)
     assert low < narrower[0] < narrower[1] < high
     assert metrics.bootstrap_ci(correct, seed=1) == metrics.bootstrap_ci(correct, seed=1)
-    assert metrics.bootstrap_ci(correct, seed=1) != metrics.bootstrap_ci(correct, seed=2)
-    draws = np.random.default_rng(0).binomial(100, 0.7, size=2000) / 100  # the defaults: 2000 draws, seed 0, 95%
-    assert metrics.bootstrap_ci(correct) == (np.quantile(draws, 0.025), np.quantile(draws, 0.975))
+    many = np.arange(10_000) % 10 < 7  # fine enough that the seed and the number of draws show
+    draws = np.random.default_rng(0).binomial(10_000, 0.7, size=2000) / 10_000  # the defaults: 2000, seed 0, 95%
+    assert metrics.bootstrap_ci(many) == (np.quantile(draws, 0.025), np.quantile(draws, 0.975))
+    assert metrics.bootstrap_ci(many, seed=1) != metrics.bootstrap_ci(many, seed=2)
     assert metrics.bootstrap_ci(np.array([1, 0, 1, 1]), n_boot=1) == metrics.bootstrap_ci([True, False, True, True],
                                                                                           n_boot=1)
 
