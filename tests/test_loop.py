@@ -289,6 +289,14 @@ def test_each_epoch_is_shuffled_differently_and_the_same_seed_repeats_everything
     assert other_order != order
 
 
+def test_num_workers_loads_both_sets_in_worker_processes():
+    train_set, val_set = Points(8), Points(3, seed=9)
+    loop.fit(model(), train_set, val_set, dataclasses.replace(SETTINGS, epochs=1, num_workers=1), progress=False)
+    assert train_set.seen == [] and val_set.seen == []  # every item was read in a worker, none here
+    loop.fit(model(), train_set, val_set, dataclasses.replace(SETTINGS, epochs=1), progress=False)
+    assert len(train_set.seen) == 8 and len(val_set.seen) == 3
+
+
 def test_a_batch_transform_sees_every_batch_and_its_targets_are_trained_on():
     def soft(images, targets):
         return images, F.one_hot(targets, 3).float()
