@@ -100,6 +100,13 @@ def test_negative_log_likelihood_at_a_temperature_by_hand():
                                                0.5) == pytest.approx(nll(0.5), abs=1e-6)
 
 
+def test_nll_is_computed_in_float64_and_takes_any_integer_labels():
+    logits = torch.tensor([[0.1, 0.7, -0.3], [1.3, -0.2, 0.4]], dtype=torch.float32)
+    reference = torch.nn.functional.cross_entropy(logits.double() / 0.7, torch.tensor([1, 0])).item()
+    assert calibration.negative_log_likelihood(logits, np.array([1, 0], dtype=np.int32), 0.7) == pytest.approx(
+        reference, abs=1e-14)  # float32 arithmetic would be off by about 1e-8
+
+
 def overconfident(scale, n=600, seed=0):
     """Logits whose labels are drawn from softmax(logits / scale): the best temperature is `scale`."""
     rng = np.random.default_rng(seed)
@@ -118,6 +125,11 @@ def test_the_fitted_temperature_is_the_nll_minimum(scale):
     assert nll <= calibration.negative_log_likelihood(logits, labels, t * 1.02)
     assert nll <= calibration.negative_log_likelihood(logits, labels, t / 1.02)
     assert nll < calibration.negative_log_likelihood(logits, labels, 1.0)
+
+
+def test_fit_temperature_takes_integer_labels_of_any_width():
+    logits, labels = overconfident(2.5)
+    assert calibration.fit_temperature(logits, labels.astype(np.int32)) == calibration.fit_temperature(logits, labels)
 
 
 def test_fit_temperature_takes_tensors_and_keeps_one_when_nothing_is_better():

@@ -22,6 +22,7 @@ def labelled(counts, seed=0, size=4):
     (200, 0.1, 0.3, (120, 20, 60)),
     (100, 0.5, 0.25, (25, 50, 25)),
     (100, 0.07, 0.07, (86, 7, 7)),  # 0.07 * 100 is 7.000000000000001 in floats: still 7 images
+    (116, 0.15, 0.15, (80, 18, 18)),  # 17.4 images: rounded up, like sklearn's test split
 ])
 def test_split_sizes_are_the_fractions_of_the_whole(n, val_fraction, test_fraction, sizes):
     labels = np.arange(n) % 2
@@ -31,9 +32,10 @@ def test_split_sizes_are_the_fractions_of_the_whole(n, val_fraction, test_fracti
     assert train == sorted(train) and val == sorted(val) and test == sorted(test)
 
 
-def test_every_split_keeps_the_class_shares_even_for_rare_classes():
+@pytest.mark.parametrize("seed", range(6))
+def test_every_split_keeps_the_class_shares_even_for_rare_classes(seed):
     labels = np.array([0] * 160 + [1] * 40)  # 80% / 20%
-    for part, size in zip(splits.stratified_split(labels, 0.15, 0.15, seed=3), (140, 30, 30)):
+    for part, size in zip(splits.stratified_split(labels, 0.15, 0.15, seed), (140, 30, 30)):
         assert np.bincount(labels[part]).tolist() == [size * 4 // 5, size // 5]
 
 
@@ -93,18 +95,24 @@ def test_stratified_subset_keeps_the_balance_and_all_when_big_enough():
     dataset = labelled([30, 60, 90])
     subset = splits.stratified_subset(dataset, 60, seed=0)
     assert np.bincount(subset.labels).tolist() == [10, 20, 30]
-    assert splits.stratified_subset(dataset, 60, seed=0).labels == subset.labels
+    assert torch.equal(splits.stratified_subset(dataset, 60, seed=0).images, subset.images)
     assert not torch.equal(splits.stratified_subset(dataset, 60, seed=1).images, subset.images)
     for size in (None, 180, 500):
         assert splits.stratified_subset(dataset, size, seed=0) is dataset
     for size, counts in ((179, [30, 60, 89]), (178, [30, 59, 89])):  # one image left out of the largest classes
         nearly_all = splits.stratified_subset(dataset, size, seed=0)
         assert np.bincount(nearly_all.labels).tolist() == counts
-        assert splits.stratified_subset(dataset, size, seed=0).labels == nearly_all.labels
+        assert torch.equal(splits.stratified_subset(dataset, size, seed=0).images, nearly_all.images)
     assert len(splits.stratified_subset(dataset, 3, seed=0)) == 3  # one per class is enough
     rows = [tuple(dataset.images[i].flatten().tolist()) for i in range(len(dataset))]
     kept = [rows.index(tuple(image.flatten().tolist())) for image in subset.images]
     assert kept == sorted(kept)  # in the dataset's order
+
+
+def test_nearly_all_of_many_classes_leaves_one_out_of_the_first_of_the_largest():
+    counts = [3, 2, 2, 1, 1, 1, 1, 1, 1, 3, 2, 3, 2, 2, 3, 3, 2, 2, 2, 3]  # twenty classes, six tied largest
+    kept = np.bincount(splits.stratified_subset(labelled(counts), 38, seed=0).labels).tolist()
+    assert kept == [2] + counts[1:9] + [2] + counts[10:]  # classes 0 and 9, the first two of the six
 
 
 def test_a_subset_smaller_than_the_class_count_says_so():
