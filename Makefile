@@ -12,7 +12,7 @@ LAB := $(PY) -m jupyter lab --no-browser $(JUPYTER_ROOT_FLAG) --ServerApp.log_le
 	--MappingKernelManager.transport_encryption=auto
 
 .PHONY: help install lab lab-student course test test-browser test-bundle outputs student site doctor bundle \
-	install-bundle clean
+	install-bundle mutation clean
 
 help:
 	@echo "make course        run every notebook headless (papermill) into build/, with a summary"
@@ -25,6 +25,7 @@ help:
 	@echo "make bundle        a workshop in one file for rooms without network ($(BUNDLE))"
 	@echo "make install-bundle BUNDLE=FILE   set this machine up from a bundle, offline (needs only python3)"
 	@echo "make test-browser  JupyterLab and the site in a real Chromium (Debian's chromium package)"
+	@echo "make mutation      mutation-test the library's core modules (long; MODULE=helpers/train/optim.py for one)"
 	@echo "make test-bundle   build a bundle and install it into a fresh venv with no index (GBs, minutes)"
 	@echo "make outputs       re-execute the notebooks in the cpu profile and store their outputs in notebooks/"
 
@@ -59,6 +60,14 @@ test-browser: $(BROWSER_STAMP)
 
 test-bundle: $(STAMP)
 	$(PY) -m pytest tests/install -v -s
+
+# Not part of `make test`: it runs each module's unit tests once per mutant (docs/mutation.md). Results are kept
+# in mutants/, so a second run only tries what changed; MODULE=<path> reruns one module's mutants.
+MUTATION_JOBS ?= 2
+mutation: $(STAMP)
+	COURSE_HEADLESS=1 OMP_NUM_THREADS=1 nice -n 10 $(PY) -m mutmut run --max-children $(MUTATION_JOBS) \
+		$(if $(MODULE),"$(subst /,.,$(basename $(MODULE))).*")
+	$(PY) tools/mutation_report.py $(MODULE)
 
 outputs: $(STAMP)
 	$(PY) -m helpers.course outputs

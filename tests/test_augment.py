@@ -1,5 +1,4 @@
 import dataclasses
-import re
 
 import pytest
 import torch
@@ -88,14 +87,6 @@ def test_mix_batch_gives_soft_targets_matching_the_images(alphas):
     assert l04.check_labels_valid(mix, num_classes=10)
 
 
-def test_check_labels_valid_catches_labels_out_of_step_with_images(not_yet):
-    def mixes_images_only(images, labels):
-        return 0.5 * (images + images.roll(1, 0)), labels
-
-    assert l04.check_labels_valid(lambda images, labels: (images, labels))
-    assert re.search("do not match", not_yet(l04.check_labels_valid, mixes_images_only))
-
-
 def test_mix_batch_rejects_uint8_images():
     mix = augment.mix_batch(10)
     with pytest.raises(TypeError, match="float images"):
@@ -157,18 +148,6 @@ def test_cutmix_box_covers_one_minus_lam_of_the_image():
             assert 0 <= x1 <= x2 <= w and 0 <= y1 <= y2 <= h
             assert abs((x2 - x1) * (y2 - y1) - (1 - lam) * h * w) <= h + w
     assert l04.check_cutmix_box(augment.cutmix_box)
-
-
-def test_check_cutmix_box_rejects_wrong_samplers(not_yet):
-    def area_lam(h, w, lam, generator):
-        return augment.cutmix_box(h, w, 1 - lam, generator)
-
-    def always_top_left(h, w, lam, generator):
-        x1, y1, x2, y2 = augment.cutmix_box(h, w, lam, generator)
-        return 0, 0, x2 - x1, y2 - y1
-
-    assert re.search("area", not_yet(l04.check_cutmix_box, area_lam))
-    assert re.search("same place", not_yet(l04.check_cutmix_box, always_top_left))
 
 
 def test_gallery_has_augmix_and_color_jitter_on_uint8():

@@ -1,6 +1,5 @@
 import os
 import pickle
-import re
 import sys
 import warnings
 from dataclasses import replace
@@ -446,48 +445,6 @@ def test_missing_hf_datasets_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail as if not installed
     with pytest.raises(ImportError, match=r"pip install -e '\.\[datasets\]'"):
         data.load_hf_dataset("uoft-cs/cifar10")
-
-
-# ---------------------------------------------------------------- exercise checkers
-def deduplicated(dataset):
-    first_of = {}
-    for index in range(len(dataset)):
-        first_of.setdefault(data.content_hash(dataset, index), index)
-    return dataset.subset(sorted(first_of.values()))
-
-
-def dedupe_then_split(dataset, seed):
-    return data.split_dataset(deduplicated(dataset), "deduplicated", seed)
-
-
-def test_clean_split_checker_accepts_a_right_answer_and_names_each_mistake(capsys, not_yet):
-    assert l03.check_clean_split(dedupe_then_split)
-    assert "Correct" in capsys.readouterr().out
-    assert re.search("in two splits|same image twice", not_yet(l03.check_clean_split, lambda d, seed: data.split_dataset(d, "raw", seed)))
-    assert re.search("same splits", not_yet(l03.check_clean_split, lambda d, seed: dedupe_then_split(d, 0)))
-
-    def cut_in_label_order(dataset, seed):
-        unique = deduplicated(dataset)
-        order = sorted(range(len(unique)), key=lambda i: unique.labels[i])
-        cuts = [0, int(0.7 * len(order)), int(0.85 * len(order)), len(order)]
-        return data.Splits(*(unique.subset(order[a:b]) for a, b in zip(cuts, cuts[1:])), unique.classes)
-
-    assert re.search("stratify=labels", not_yet(l03.check_clean_split, cut_in_label_order))
-
-
-def test_channel_stats_checker_accepts_the_reference_and_names_common_mistakes(not_yet):
-    assert l03.check_channel_stats(data.channel_mean_std)
-
-    def on_255_scale(dataset):
-        mean, std = data.channel_mean_std(dataset)
-        return [m * 255 for m in mean], [s * 255 for s in std]
-
-    def mean_of_per_image_stds(dataset):
-        images = torch.stack([dataset.image(i) for i in range(len(dataset))]).double() / 255
-        return images.mean((0, 2, 3)).tolist(), images.std((2, 3), correction=0).mean(0).tolist()
-
-    assert re.search("0-255 scale", not_yet(l03.check_channel_stats, on_255_scale))
-    assert re.search("average of per-image stds", not_yet(l03.check_channel_stats, mean_of_per_image_stds))
 
 
 def test_loader_batches_are_stacked_tensors():

@@ -1,6 +1,6 @@
 """Tests for helpers.freezing on a tiny randomly initialised ViT."""
+
 import dataclasses
-import re
 
 import numpy as np
 import pytest
@@ -513,29 +513,3 @@ def test_pixel_matrix_and_logistic_regression_on_separable_data():
     assert l02.logistic_regression_accuracy(points[:40], labels[:40], points[40:], 1 - labels[40:]) == 0.0
 
 
-# --- exercise checkers --------------------------------------------------------------------------
-
-
-def deeper_model():
-    torch.manual_seed(0)
-    return ViTForImageClassification(ViTConfig(**{**tiny_config().to_dict(), "num_hidden_layers": 4}))
-
-
-def test_check_last_two_blocks_accepts_the_solution_and_names_the_mistake(capsys, not_yet):
-    model = deeper_model()
-    freezing.freeze_first_blocks(model, 2)
-    assert l02.check_last_two_blocks(model, freezing.count_parameters(model).percent)
-    assert capsys.readouterr().out.startswith("Correct:")
-    assert re.search("trainable_percent", not_yet(l02.check_last_two_blocks, model, freezing.count_parameters(model).trainable))
-    freezing.freeze_first_blocks(model, 3)
-    assert re.search("wrong requires_grad", not_yet(l02.check_last_two_blocks, model, freezing.count_parameters(model).percent))
-
-
-def test_check_llrd_groups_accepts_the_helper_and_names_each_mistake(model, capsys, not_yet):
-    lr, decay = 1e-3, 0.8
-    assert l02.check_llrd_groups(freezing.llrd_param_groups(model, lr, decay), model, lr, decay)
-    assert capsys.readouterr().out.startswith("Correct:")
-    params = list(model.parameters())
-    assert re.search("should at", not_yet(l02.check_llrd_groups, [{"params": params, "lr": lr}], model, lr, decay))
-    assert re.search("give every trainable parameter", not_yet(l02.check_llrd_groups, [{"params": params[1:], "lr": lr}], model, lr, decay))
-    assert re.search("two groups", not_yet(l02.check_llrd_groups, [{"params": params, "lr": lr}, {"params": params[:1], "lr": lr}], model, lr, decay))

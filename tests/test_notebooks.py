@@ -20,7 +20,11 @@ EXPECTATIONS = {
         r["scratch_max_difference"] < 1e-5 and r["vit_b16_max_difference"] < 1e-5
         and abs(r["vit_b16_parameters"] - 86e6) / 86e6 < 0.02 and r["accuracy_native"] == r["finetuned_accuracy"]
     ),
-    "00_setup": lambda r: r["test_accuracy"] >= r["expected_at_least"],
+    # Smoke bars come from measured smoke runs (seeded, CPU). 00_setup measured 47.5% test accuracy on 120 test
+    # images (chance: 10%); one image is 0.8 points and the standard error about 4.6, so 35%, 2.5 standard
+    # errors below, leaves room for the few predictions another machine's arithmetic may flip, and a run that
+    # learned nothing (or half of what it should) fails.
+    "00_setup": lambda r: r["test_accuracy"] >= 0.35,
     "02_freezing": lambda r: (
         r["linear_probe_trainable_percent"] <= 1 and r["fast_probe_accuracy_gap"] <= 0.02
         and r["lora_merge_same_logits"] is True and r["frozen_tensors_checked"] > 0
@@ -35,11 +39,17 @@ EXPECTATIONS = {
         r["distinct_one_call_on_batch"] == 1 and r["distinct_one_call_per_image"] > 1
         and r["distinct_in_dataloader_batch"] > 1 and r["mixed_targets_sum_to_one"] is True
     ),
+    # 05_training measured (smoke): fit() 50.8% and the same fine-tune on transformers.Trainer 44.2% validation
+    # accuracy on 120 images, from the same start; only the order of the batches differs, which for one epoch
+    # of 8 steps moves an accuracy by a few standard errors (4.6 points each), so they must agree within 15
+    # points, and fit() must be well above chance (10%). The range test's loss minimum was at 3.3e-2 (the cpu
+    # profile's at 1.2e-2): it must fall within a decade of that, inside the sweep from 1e-7 to 10.
     "05_training": lambda r: (
         r["lr_find_restored"] and r["accumulation_matches"] and r["resume_matches"] and r["ranks_agree"]
-        and abs(r["lr_suggestion"] - r["lr_at_min"] / 10) <= 1e-12
+        and 3e-3 <= r["lr_at_min"] <= 0.3
         and 1 <= r["best_epoch"] <= r["epochs_run_with_patience"]
-        and r["fit_val_accuracy"] == r["adamw_val_accuracy"] and r["images_per_second_at_profile_batch"] > 0
+        and r["fit_val_accuracy"] >= 0.35 and abs(r["trainer_val_accuracy"] - r["fit_val_accuracy"]) <= 0.15
+        and r["images_per_second_at_profile_batch"] > 0
     ),
     "06_evaluation": lambda r: (
         r["robustness_clean_accuracy"] == r["test_accuracy"] == r["tta_accuracy_none"]
@@ -50,6 +60,7 @@ EXPECTATIONS = {
         and r["size_on_disk_mb"] > 0
         and r["samples_needed_1_points"] > r["samples_needed_2_points"] > r["samples_needed_5_points"]
         and r["mistakes_caught_by_review"] <= r["mistakes"]
+        and r["onnx_max_difference"] < 1e-4  # onnx and onnxruntime are in the dev extra: the export runs
     ),
 }
 

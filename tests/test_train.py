@@ -1,5 +1,4 @@
 import copy
-import re
 
 import pytest
 import torch
@@ -205,14 +204,6 @@ def test_lr_find_sweeps_geometrically_stops_on_divergence_and_suggests_below_the
     assert len(finder.plot().axes[0].lines) == 4
 
 
-def test_check_lr_choice_accepts_a_decade_below_the_minimum_only(not_yet):
-    finder = l05.LRFinderResult(lrs=[1e-4, 1e-3, 1e-2, 1e-1], losses=[2, 1.5, 0.5, 3], smoothed=[2, 1.5, 0.5, 3])
-    assert l05.check_lr_choice(finder.suggestion, finder)
-    assert re.search("too close to the minimum", not_yet(l05.check_lr_choice, 1e-2, finder))
-    assert re.search("more than 30 times below", not_yet(l05.check_lr_choice, 1e-5, finder))
-    assert re.search("Not answered yet", not_yet(l05.check_lr_choice, None, finder))
-
-
 # ---------------------------------------------------------------- gradient accumulation
 def test_four_micro_batches_of_16_give_the_gradient_of_one_batch_of_64():
     model = tiny_vit()
@@ -226,12 +217,6 @@ def test_four_micro_batches_of_16_give_the_gradient_of_one_batch_of_64():
     assert all(p.grad is None for p in model.parameters()) and model.training
     with pytest.raises(ValueError, match="micro_batches"):
         l05.gradients(model, images, labels, micro_batches=0)
-
-
-def test_check_accumulation(not_yet):
-    assert l05.check_accumulation(8, 64)
-    assert l05.check_accumulation(2, 64, num_processes=4)
-    assert re.search("not 512", not_yet(l05.check_accumulation, 4, 64))
 
 
 # ---------------------------------------------------------------- early stopping and the best epoch

@@ -33,3 +33,14 @@ def checker(check):
         return True
 
     return answer
+
+
+def answer_of(what: str, function, *args):
+    """`function(*args)` for a checker: an error in the learner's code becomes a hint naming `what` raised it
+    (the student stub's NotImplementedError passes through, so the decorator reports it as unanswered)."""
+    try:
+        return function(*args)
+    except NotImplementedError:
+        raise
+    except Exception as error:
+        raise AssertionError(f"{what} raised {type(error).__name__}: {error}") from None

@@ -3,6 +3,7 @@ group-aware, so near-duplicates and photos of one session never straddle two spl
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -44,19 +45,32 @@ def stratified_split(labels, val_fraction: float, test_fraction: float, seed: in
     if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError("val_fraction and test_fraction must be in (0, 1) and sum to less than 1.")
     labels = np.asarray(labels)
-    indices = np.arange(len(labels))
-    rest, test = train_test_split(indices, test_size=test_fraction, stratify=labels, random_state=seed)
-    train, val = train_test_split(rest, test_size=val_fraction / (1 - test_fraction), stratify=labels[rest],
-                                  random_state=seed)
+    val_size, test_size = (_count_of(fraction, len(labels)) for fraction in (val_fraction, test_fraction))
+    rest, test = train_test_split(np.arange(len(labels)), test_size=test_size, stratify=labels, random_state=seed)
+    train, val = train_test_split(rest, test_size=val_size, stratify=labels[rest], random_state=seed)
     return sorted(train), sorted(val), sorted(test)
+
+
+def _count_of(fraction: float, total: int) -> int:
+    """`fraction` of `total` items as a count, rounded up like sklearn's split sizes, without float noise
+    (0.07 * 100 is 7.000000000000001, which must stay 7)."""
+    return math.ceil(round(fraction * total, 9))
 
 
 def stratified_subset(dataset: LabeledImages, size: int | None, seed: int) -> LabeledImages:
     """At most `size` items of `dataset`, keeping the class balance (None: all of it) (lesson 03)."""
     if size is None or size >= len(dataset):
         return dataset
-    if size < len(set(dataset.labels)):
-        raise ValueError(f"A subset of {size} images cannot hold all {len(set(dataset.labels))} classes: ask for more.")
+    classes = len(set(dataset.labels))
+    if size < classes:
+        raise ValueError(f"A subset of {size} images cannot hold all {classes} classes: ask for more.")
+    left_out = len(dataset) - size
+    if left_out < classes:  # too few to leave one of each class out, as sklearn's stratified draw would
+        labels = np.asarray(dataset.labels)
+        largest = np.argsort(-np.bincount(labels), kind="stable")[:left_out]
+        rng = np.random.default_rng(seed)
+        dropped = {int(rng.choice(np.flatnonzero(labels == label))) for label in largest}
+        return dataset.subset([i for i in range(len(dataset)) if i not in dropped])
     keep, _ = train_test_split(np.arange(len(dataset)), train_size=size, stratify=dataset.labels, random_state=seed)
     return dataset.subset(sorted(keep))
 

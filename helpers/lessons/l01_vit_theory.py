@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Sequence
 from functools import lru_cache, partial
 
@@ -25,7 +26,7 @@ from transformers import ViTConfig, ViTForImageClassification
 
 from helpers import widgets
 from helpers.attention import attention_map, model_attentions, overlay
-from helpers.course.checks import checker
+from helpers.course.checks import answer_of, checker
 from helpers.data.transforms import ImageSpec
 from helpers.models import as_pair, attention_flops, grid_size, mlp_flops, sequence_length
 from helpers.plots import as_displayable
@@ -573,6 +574,10 @@ def small_cnn(num_classes: int, num_channels: int = 3, width: int = 32) -> nn.Se
 def check_token_arithmetic(tokens: int, flops: float, *, image_size: int | Sequence[int], patch_size: int,
                            hidden_size: int) -> None:
     """Check the sequence length and the FLOPs of one attention layer for a square-patch ViT config."""
+    for name, value in (("tokens", tokens), ("flops", flops)):
+        assert isinstance(value, numbers.Real) and not isinstance(value, bool), (
+            f"Set {name} to a number, not {type(value).__name__}."
+        )
     expected_tokens = sequence_length(image_size, patch_size)
     assert tokens != expected_tokens - 1, "Off by one: the sequence also holds the CLS token."
     assert tokens == expected_tokens, (
@@ -601,7 +606,7 @@ def check_attention_head(attend) -> None:
     generator = torch.Generator().manual_seed(0)
     q, k = torch.randn(2, 7, 16, generator=generator), torch.randn(2, 9, 16, generator=generator)
     v = torch.randn(2, 9, 5, generator=generator)
-    result = attend(q, k, v)
+    result = answer_of("attend(q, k, v) on q [2, 7, 16], k [2, 9, 16], v [2, 9, 5]", attend, q, k, v)
     assert isinstance(result, torch.Tensor), f"attend must return a tensor, got {type(result).__name__}."
     assert result.shape == (2, 7, 5), (
         f"The result has shape {tuple(result.shape)}; it should be [batch, queries, value dim] = (2, 7, 5)."
@@ -611,6 +616,7 @@ def check_attention_head(attend) -> None:
         "Divide the scores by √d (d = 16 here) before the softmax.": scores.softmax(-1) @ v,
         "Take the softmax over the keys (the last dimension), so each query's weights sum to 1.":
             (scores / 4).softmax(-2) @ v,
+        "Divide the scores by the square root of d, not by d itself.": (scores / 16).softmax(-1) @ v,
     }
     for message, wrong in mistakes.items():
         assert not torch.allclose(result, wrong, atol=1e-5), message

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import numbers
 import os
 import sys
 import threading
@@ -39,6 +40,7 @@ from helpers.freezing import (
     full_finetune,
     gradual_unfreezing_stages,
     layer_id,
+    layer_name,
     linear_probe,
     llrd_param_groups,
     snapshot,
@@ -401,40 +403,58 @@ def logistic_regression_accuracy(train_x, train_y, val_x, val_y, max_iter: int =
 def check_last_two_blocks(model: nn.Module, trainable_percent: float) -> None:
     """Checker: only the last two encoder blocks and the head train, and `trainable_percent` says how much."""
     depth = depth_of(model)
-    wrong = [
-        name for name, param in model.named_parameters() if param.requires_grad != (layer_id(name, depth) >= depth - 1)
-    ]
-    assert not wrong, (
-        f"{len(wrong)} parameters have the wrong requires_grad, e.g. {wrong[0]}: train blocks {depth - 2} and "
-        f"{depth - 1}, the final layernorm and the classifier, and freeze everything else."
+    should_train = {name: layer_id(name, depth) >= depth - 1 for name, _ in model.named_parameters()}
+    params = dict(model.named_parameters())
+    frozen_wrongly = [name for name, param in params.items() if should_train[name] and not param.requires_grad]
+    training_wrongly = [name for name, param in params.items() if param.requires_grad and not should_train[name]]
+    assert not frozen_wrongly, (
+        f"{len(frozen_wrongly)} parameters are frozen but should train, e.g. {frozen_wrongly[0]}: train blocks "
+        f"{depth - 2} and {depth - 1}, the final layernorm and the classifier."
     )
-    expected = count_parameters(model).percent
-    assert abs(trainable_percent - expected) < 0.01, (
-        f"trainable_percent={trainable_percent:.2f} but {expected:.2f}% of the parameters train: divide the "
-        "trainable count by the total count and multiply by 100."
+    assert not training_wrongly, (
+        f"{len(training_wrongly)} parameters train but should be frozen, e.g. {training_wrongly[0]}: freeze the "
+        f"embeddings and blocks 0 to {depth - 3}."
     )
-    print(f"Correct: the last two blocks and the head train, {expected:.2f}% of the parameters.")
+    assert isinstance(trainable_percent, numbers.Real) and not isinstance(trainable_percent, bool), (
+        f"Set trainable_percent to a number, not {type(trainable_percent).__name__}."
+    )
+    count = count_parameters(model)
+    assert not math.isclose(trainable_percent, count.percent / 100, rel_tol=1e-3), (
+        "That is a fraction: give trainable_percent in percent (multiply by 100)."
+    )
+    assert abs(trainable_percent - count.percent) < 0.01, (
+        f"trainable_percent={trainable_percent:.2f} is not the share that trains: divide the trainable count by the "
+        "total count and multiply by 100."
+    )
+    print(f"Correct: the last two blocks and the head train, {count.percent:.2f}% of the parameters.")
 
 
 @checker
 def check_llrd_groups(groups: list[dict], model: nn.Module, lr: float, decay: float) -> None:
     """Checker: each trainable parameter in exactly one group, at lr * decay ** (its depth from the top)."""
     depth = depth_of(model)
+    assert isinstance(groups, (list, tuple)) and all(
+        isinstance(group, dict) and "params" in group and "lr" in group for group in groups
+    ), "Give a list of dicts, each with 'params' (a list of parameters) and 'lr'."
     names = {id(param): name for name, param in model.named_parameters()}
     seen = [id(param) for group in groups for param in group["params"]]
+    assert all(key in names for key in seen), (
+        "A group holds something that is not one of this model's parameters: put the tensors from "
+        "model.named_parameters() in the groups, not their names or copies."
+    )
     trainable = {id(param) for param in model.parameters() if param.requires_grad}
     assert len(seen) == len(set(seen)), "A parameter sits in two groups: put each one in exactly one group."
-    assert set(seen) == trainable, (
-        f"The groups hold {len(set(seen))} parameters but {len(trainable)} train: give every trainable parameter, "
-        "and no frozen one, a group."
-    )
+    left_out = [names[key] for key in trainable - set(seen)]
+    frozen_in = [names[key] for key in set(seen) - trainable]
+    assert not left_out, f"{len(left_out)} trainable parameters are in no group, e.g. {left_out[0]}: give each a group."
+    assert not frozen_in, f"{len(frozen_in)} frozen parameters are in a group, e.g. {frozen_in[0]}: leave them out."
     for group in groups:
         for param in group["params"]:
             name = names[id(param)]
-            expected = lr * decay ** (depth + 1 - layer_id(name, depth))
-            assert math.isclose(group["lr"], expected, rel_tol=1e-6), (
-                f"{name} trains at lr {group['lr']:.3g} but should at {expected:.3g}: lr * decay ** (depth from "
-                f"the top), where the head is 0 layers down and the embeddings {depth + 1}."
+            layer = layer_id(name, depth)
+            assert math.isclose(group["lr"], lr * decay ** (depth + 1 - layer), rel_tol=1e-6), (
+                f"{name} ({layer_name(layer, depth)}) trains at lr {group['lr']:.3g}, which is not lr * decay ** "
+                f"(its depth from the top), where the head is 0 layers down and the embeddings {depth + 1}."
             )
     print(f"Correct: {len(groups)} groups, from {max(g['lr'] for g in groups):.2g} at the head down to "
           f"{min(g['lr'] for g in groups):.2g}.")

@@ -2,6 +2,7 @@
 loader throughput per preset, and the ablation (one fine-tune per preset at equal budget)."""
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -12,7 +13,7 @@ from matplotlib.figure import Figure
 from torchvision.transforms import v2
 
 from helpers import evaluate, models, train, widgets
-from helpers.course.checks import checker
+from helpers.course.checks import answer_of, checker
 from helpers.data.augment import (
     PRESETS,
     BatchTransform,
@@ -51,58 +52,103 @@ def gallery_transforms(spec: ImageSpec, magnitude: float = 0.5) -> dict[str, v2.
 
 @checker
 def check_cutmix_box(sampler: BoxSampler) -> bool:
-    """Exercise checker for a CutMix box sampler like `cutmix_box`: True, or AssertionError saying what is wrong."""
-    generator = torch.Generator().manual_seed(0)
-    for h, w, lam in ((32, 32, 0.5), (24, 40, 0.75), (64, 48, 0.1), (16, 16, 1.0)):
-        x1, y1, x2, y2 = sampler(h, w, lam, generator)
-        if not (0 <= x1 <= x2 <= w and 0 <= y1 <= y2 <= h):
-            raise AssertionError(f"For a {h}x{w} image the box {(x1, y1, x2, y2)} is not (x1, y1, x2, y2) inside it.")
-        area, expected = (x2 - x1) * (y2 - y1), (1 - lam) * h * w
-        if abs(area - expected) > h + w:
-            raise AssertionError(
-                f"For a {h}x{w} image and lam={lam} the box area is {area}, "
-                f"expected about (1 - lam) * h * w = {expected:.0f}."
-            )
-    corners = {sampler(32, 32, 0.75, generator)[:2] for _ in range(20)}
-    if len(corners) == 1:
-        raise AssertionError("The box is always in the same place; draw its position at random with the generator.")
-    print("Correct: the boxes lie inside the image and cover about (1 - lam) of it.")
+    """Exercise checker for a CutMix box sampler like `cutmix_box`: True, or AssertionError saying what is wrong.
+
+    Boxes must lie inside the image at every lam from 0 (the whole image) to 1 (an empty box), keep
+    the image's aspect ratio with sides sqrt(1 - lam) * h and * w (to within one pixel of rounding),
+    be placed at random, and draw that position from the generator passed in (nothing else).
+    """
+    outside = torch.get_rng_state()  # a sampler that draws from the global state must not change the learner's
+    try:
+        check_boxes(sampler)
+    finally:
+        torch.set_rng_state(outside)
+    print("Correct: the boxes lie inside the image, cover about (1 - lam) of it, and follow the generator.")
     return True
+
+
+def check_boxes(sampler: BoxSampler) -> None:
+    """The checks of `check_cutmix_box`; AssertionError(hint) on the first that fails."""
+    for h, w, lam in ((32, 32, 0.5), (24, 40, 0.75), (64, 48, 0.1), (16, 16, 0.0), (20, 12, 0.0), (16, 16, 1.0)):
+        generator = torch.Generator().manual_seed(h * w)
+        for _ in range(8):  # several draws, so a box that sometimes sticks out is seen
+            box = answer_of(f"For a {h}x{w} image at lam={lam} the sampler", sampler, h, w, lam, generator)
+            x1, y1, x2, y2 = (int(v) for v in box)
+            if not (0 <= x1 <= x2 <= w and 0 <= y1 <= y2 <= h):
+                raise AssertionError(
+                    f"For a {h}x{w} image at lam={lam} the box {(x1, y1, x2, y2)} is not (x1, y1, x2, y2) inside it: "
+                    "a side of length s can start anywhere from 0 to (size - s), both ends included."
+                )
+            cut = math.sqrt(1 - lam)
+            if abs((x2 - x1) * (y2 - y1) - (1 - lam) * h * w) > h + w:
+                raise AssertionError(f"For a {h}x{w} image and lam={lam} the box covers {(x2 - x1) * (y2 - y1)} "
+                                     "pixels: its area should be (1 - lam) of the image's.")
+            if abs((x2 - x1) - w * cut) > 1 or abs((y2 - y1) - h * cut) > 1:
+                raise AssertionError(f"For a {h}x{w} image the box is {x2 - x1} wide and {y2 - y1} high: keep the "
+                                     "image's aspect ratio (width from w, height from h, in the order x1, y1, x2, y2).")
+    draws = [answer_of("The sampler", sampler, 32, 32, 0.75, torch.Generator().manual_seed(seed))[:2]
+             for seed in range(20)]
+    if len(set(draws)) == 1:
+        raise AssertionError("The box is always in the same place; draw its position at random with the generator.")
+    before = torch.get_rng_state()
+    sequences = []
+    for _ in range(2):
+        generator = torch.Generator().manual_seed(7)
+        sequences.append([tuple(sampler(32, 32, 0.75, generator)) for _ in range(5)])
+    if sequences[0] != sequences[1] or not torch.equal(torch.get_rng_state(), before):
+        raise AssertionError("The box does not follow the generator passed in: draw the position with "
+                             "torch.randint(..., generator=generator), not with the global random state.")
 
 
 @checker
 def check_labels_valid(batch_transform: BatchTransform, num_classes: int = 10, batch_size: int = 8,
                        trials: int = 20) -> bool:
-    """Exercise checker for a batch transform: True, or AssertionError saying what is wrong.
+    """Exercise checker for a MixUp (or CutMix) batch transform: True, or AssertionError saying what is wrong.
 
     It feeds float batches where every image is one flat shade per class, so after any
     mixing the share of each class's shade in an image must equal that class's target
-    weight. Targets may be class ids [B] or probabilities [B, C] summing to 1.
+    weight. Targets may be class ids [B] or probabilities [B, C] summing to 1. The images
+    must really be mixed (a transform that returns every image whole is no MixUp), and the
+    mixing weight must be drawn anew for each batch.
     """
-    generator = torch.Generator().manual_seed(0)
-    shades = torch.linspace(0.1, 0.9, num_classes)
-    for _ in range(trials):
-        labels = torch.randint(num_classes, (batch_size,), generator=generator)
-        images = shades[labels].view(-1, 1, 1, 1).expand(-1, 3, 12, 16).clone()
-        mixed, targets = batch_transform(images, labels)
-        if not (mixed.is_floating_point() and mixed.shape == images.shape):
-            raise AssertionError(
-                f"Images must stay float of shape {tuple(images.shape)}, got {mixed.dtype} {tuple(mixed.shape)}."
-            )
-        if targets.ndim == 1:
-            targets = torch.nn.functional.one_hot(targets.long(), num_classes).float()
-        if targets.shape != (batch_size, num_classes):
-            raise AssertionError(
-                f"Targets must be [B] class ids or [B, C] = {(batch_size, num_classes)}, got {tuple(targets.shape)}."
-            )
-        if (targets < 0).any() or not torch.allclose(targets.sum(1), torch.ones(batch_size), atol=1e-4):
-            raise AssertionError("Each target row must be non-negative probabilities that sum to 1.")
-        if not torch.allclose(mixed.mean((1, 2, 3)), targets @ shades, atol=1e-3):
-            raise AssertionError(
-                "The targets do not match the images: mix the labels with the same pairs and weights as the images."
-            )
-    print("Correct: every target row is a probability vector that matches what is in its image.")
+    outside = torch.get_rng_state()  # the learner's own draws (of lambda) leave the notebook's random state alone
+    try:
+        mixed_shares = [mixed_share(batch_transform, num_classes, batch_size, seed) for seed in range(trials)]
+    finally:
+        torch.set_rng_state(outside)
+    if max(mixed_shares) < 1e-3:
+        raise AssertionError("Nothing is mixed: every image is still one whole image of one class. Pair each image "
+                             "with another one (not itself) and blend the two with a weight from Beta(alpha, alpha).")
+    if max(mixed_shares) - min(mixed_shares) < 1e-6:
+        raise AssertionError("Every batch is mixed with the same weight: draw lambda anew from Beta(alpha, alpha) "
+                             "on each call.")
+    print("Correct: every target row is a probability vector that matches what is in its image, and images are mixed.")
     return True
+
+
+def mixed_share(batch_transform: BatchTransform, num_classes: int, batch_size: int, seed: int) -> float:
+    """One batch of flat shades through `batch_transform`, checked; returns the largest share any image takes from
+    a second class (0 when nothing is mixed). AssertionError(hint) when targets and images disagree."""
+    shades = torch.linspace(0.1, 0.9, num_classes)
+    labels = torch.randint(num_classes, (batch_size,), generator=torch.Generator().manual_seed(seed))
+    images = shades[labels].view(-1, 1, 1, 1).expand(-1, 3, 12, 16).clone()
+    mixed, targets = answer_of("Your batch transform", batch_transform, images.clone(), labels.clone())
+    if not (isinstance(mixed, torch.Tensor) and mixed.is_floating_point() and mixed.shape == images.shape):
+        raise AssertionError(f"Images must stay a float tensor of shape {tuple(images.shape)} (the batch's own shape).")
+    targets = torch.as_tensor(targets)
+    if targets.ndim == 1:
+        targets = torch.nn.functional.one_hot(targets.long(), num_classes).float()
+    if targets.shape != (batch_size, num_classes):
+        raise AssertionError(
+            f"Targets must be [B] class ids or [B, C] = {(batch_size, num_classes)}, got {tuple(targets.shape)}."
+        )
+    if (targets < 0).any() or not torch.allclose(targets.sum(1), torch.ones(batch_size), atol=1e-4):
+        raise AssertionError("Each target row must be non-negative probabilities that sum to 1.")
+    if not torch.allclose(mixed.mean((1, 2, 3)), targets @ shades, atol=1e-3):
+        raise AssertionError(
+            "The targets do not match the images: mix the labels with the same pairs and weights as the images."
+        )
+    return float(targets.topk(2, dim=1).values[:, 1].max())
 
 
 def apply_per_sample(transform: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor) -> torch.Tensor:

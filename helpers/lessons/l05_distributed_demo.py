@@ -2,9 +2,10 @@
 
     torchrun --nproc_per_node 2 -m helpers.lessons.l05_distributed_demo --out build/ddp
 
-Each process writes `rank-<i>.json` with a checksum of its final weights: data-parallel
-training is correct when every rank ends with the same weights. On a CPU the processes
-talk through gloo (Accelerate picks it when there is no GPU).
+Each process writes `rank-<i>.json` with a checksum of its final weights and the indices of
+the training images it read: data-parallel training is correct when every rank ends with the
+same weights and the ranks share the epoch out between them, each image to one rank. On a CPU
+the processes talk through gloo (Accelerate picks it when there is no GPU).
 """
 from __future__ import annotations
 
@@ -19,6 +20,21 @@ import torch.distributed as dist
 from transformers import ViTForImageClassification
 
 from helpers import data, models, profiles, train
+from helpers.train.guards import PROBE_IMAGES
+
+
+class RecordedIndices(torch.utils.data.Dataset):
+    """`dataset`, noting the index of every item this process reads."""
+
+    def __init__(self, dataset):
+        self.dataset, self.indices = dataset, []
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        self.indices.append(int(index))
+        return self.dataset[index]
 
 
 def weights_checksum(model: torch.nn.Module) -> str:
@@ -43,7 +59,8 @@ def main(argv=None) -> int:
     spec = data.ImageSpec((32, 32), (0.5,) * 3, (0.5,) * 3)
     splits = splits.with_transforms(data.eval_transform(spec))
     accelerator = train.make_accelerator(settings)
-    history = train.fit(model, splits.train, splits.val, settings, accelerator=accelerator, progress=False)
+    train_set = RecordedIndices(splits.train)
+    history = train.fit(model, train_set, splits.val, settings, accelerator=accelerator, progress=False)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {
         "rank": accelerator.process_index,
@@ -51,6 +68,7 @@ def main(argv=None) -> int:
         "initial_checksum": initial,
         "checksum": weights_checksum(accelerator.unwrap_model(model)),
         "val_accuracy": history.rows[-1]["val_accuracy"],
+        "sample_indices": train_set.indices[PROBE_IMAGES:],  # after fit()'s input check
     }
     (args.out / f"rank-{accelerator.process_index}.json").write_text(json.dumps(result))
     print(json.dumps(result), flush=True)

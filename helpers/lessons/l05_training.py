@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 import shlex
 import statistics
@@ -66,18 +67,18 @@ def check_lr_choice(lr: float, finder: LRFinderResult) -> bool:
     Sound means between 1/30 and 1/3 of the lr at the loss minimum: on the falling part of the
     curve, well below where the loss turns up.
     """
-    low, high = finder.lr_at_min / 30, finder.lr_at_min / 3
-    if not (isinstance(lr, (int, float)) and lr > 0):
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not lr > 0:
         raise AssertionError(f"A learning rate must be a positive number, got {lr!r}.")
+    low, high = finder.lr_at_min / 30, finder.lr_at_min / 3
     if lr > high:
         raise AssertionError(
-            f"{lr:.1e} is too close to the minimum at {finder.lr_at_min:.1e}, where the loss is about to blow up: "
-            "go about ten times lower than the minimum."
+            f"{lr:.1e} is too close to the lr at the loss minimum (or past it), where the loss is about to blow up: "
+            "go about ten times lower than the minimum of the smoothed curve."
         )
     if lr < low:
         raise AssertionError(
-            f"{lr:.1e} is more than 30 times below the minimum at {finder.lr_at_min:.1e}: training would crawl; "
-            "pick about a tenth of the minimum."
+            f"{lr:.1e} is more than 30 times below the lr at the loss minimum: training would crawl; pick about a "
+            "tenth of the minimum of the smoothed curve."
         )
     print(f"Correct: {lr:.1e} lies on the falling part of the curve, about a decade below the minimum.")
     return True
@@ -116,7 +117,7 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
 def check_accumulation(grad_accum: int, batch_size: int, target: int = 512, num_processes: int = 1) -> bool:
     """Exercise checker: True when `grad_accum` micro-batches of `batch_size` on `num_processes` processes
     make an effective batch of `target`, else AssertionError saying what is wrong."""
-    if not (isinstance(grad_accum, int) and grad_accum >= 1):
+    if isinstance(grad_accum, bool) or not (isinstance(grad_accum, numbers.Integral) and grad_accum >= 1):
         raise AssertionError(f"grad_accum must be a whole number of at least 1, got {grad_accum!r}.")
     effective = grad_accum * batch_size * num_processes
     if effective != target:
@@ -336,8 +337,9 @@ def run_distributed_demo(out_dir: str | os.PathLike, nproc_per_node: int = 2, tr
                          timeout: float = 600) -> list[dict]:
     """Run `helpers.lessons.l05_distributed_demo` (fit() on the tiny ViT) under torchrun; return each rank's report.
 
-    Each report holds rank, world_size, the weights' checksum before and after training, and
-    val_accuracy. Every rank must end with the same weights for data-parallel training to be right.
+    Each report holds rank, world_size, the weights' checksum before and after training, val_accuracy
+    and sample_indices (the training images the rank read). Every rank must end with the same weights,
+    and the ranks must share the epoch's images out between them, for data-parallel training to be right.
     With fewer GPUs than processes the processes run on the CPU (gloo), as two cannot share one GPU.
     """
     out_dir = Path(out_dir).resolve()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import time
 from dataclasses import dataclass
 from statistics import NormalDist
@@ -14,9 +15,9 @@ from matplotlib.figure import Figure
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from helpers.course.checks import checker
-from helpers.evaluate.calibration import expected_calibration_error
-from helpers.evaluate.metrics import ClassReport, _check_open_unit, accuracy, noise_threshold
+from helpers.course.checks import answer_of, checker
+from helpers.evaluate.calibration import expected_calibration_error, reliability_bins
+from helpers.evaluate.metrics import ClassReport, _check_open_unit, accuracy, noise_threshold, per_class_report
 from helpers.evaluate.predict import TTA_MODES, TTA_VIEWS, Predictions, predict
 from helpers.progress import progress_bar
 
@@ -230,28 +231,68 @@ def plot_robustness(results: dict[str, dict[int, float]]) -> Figure:
 @checker
 def check_ece(your_ece: float, probs, labels, n_bins: int = 15) -> None:
     """Checker: ``your_ece`` must match ``expected_calibration_error(probs, labels, n_bins)``."""
-    expected = expected_calibration_error(probs, labels, n_bins)
-    if not isinstance(your_ece, (int, float, np.floating)) or not math.isclose(your_ece, expected, abs_tol=1e-6):
+    if isinstance(your_ece, bool) or not isinstance(your_ece, numbers.Real):
+        raise AssertionError(f"Set your ECE to a number, not {type(your_ece).__name__}.")
+    bins = reliability_bins(probs, labels, n_bins)
+    gaps = np.abs(bins.accuracy - bins.confidence)
+    mistakes = {
+        "That is the plain mean of the bins' gaps: weight each bin's gap by the fraction of images in it.":
+            float(np.nanmean(gaps)),
+        "That is the largest gap of any bin (the maximum calibration error): average the gaps instead, each "
+        "weighted by the fraction of images in its bin.": float(np.nanmax(gaps)),
+        "The gaps must not cancel: take |accuracy - confidence| in each bin before averaging.":
+            float(np.nansum(bins.counts * (bins.accuracy - bins.confidence)) / bins.counts.sum()),
+        "That is in percent: give the ECE as a fraction between 0 and 1.": 100 * bins.ece,
+        f"Count your bins: {n_bins} equal-width bins need {n_bins + 1} edges from 0 to 1.":
+            expected_calibration_error(probs, labels, n_bins - 1),
+    }
+    for message, wrong in mistakes.items():
+        if not math.isclose(wrong, bins.ece, abs_tol=1e-6) and math.isclose(your_ece, wrong, abs_tol=1e-6):
+            raise AssertionError(message)
+    if not math.isclose(your_ece, bins.ece, abs_tol=1e-6):
         raise AssertionError(
-            f"Your ECE {your_ece!r} is not the expected value: use {n_bins} equal-width bins of the top probability, "
-            "and weight each bin's |accuracy - mean confidence| by the fraction of images in it."
+            f"Your ECE {your_ece:.4g} is not the calibration error of these predictions: use {n_bins} equal-width "
+            "bins of the top probability, and weight each bin's |accuracy - mean confidence| by the fraction of "
+            "images in it."
         )
-    print(f"Correct: ECE = {expected:.4f}, the same as helpers.evaluate.expected_calibration_error.")
+    print(f"Correct: ECE = {bins.ece:.4f}, the same as helpers.evaluate.expected_calibration_error.")
+
+
+# A confusion matrix (rows true, columns predicted) whose lowest recall, F1, precision and support fall on four
+# different classes, none of them the first: only reading the recall column finds the right one.
+_RECALL_PROBE = np.array([[6, 0, 2, 5], [5, 5, 0, 3], [2, 2, 3, 0], [2, 1, 1, 5]])
+
+
+def recall_probe_report() -> ClassReport:
+    """The per-class report of `_RECALL_PROBE`, classes 'w', 'x', 'y', 'z' (the lowest recall is 'x')."""
+    labels = np.repeat(np.arange(4), _RECALL_PROBE.sum(1))
+    preds = np.concatenate([np.repeat(np.arange(4), row) for row in _RECALL_PROBE])
+    return per_class_report(preds, labels, ["w", "x", "y", "z"])
 
 
 @checker
-def check_worst_recall(your_class, report: ClassReport) -> None:
-    """Checker: ``your_class`` (a class name) must have the lowest recall in ``report`` (any class tied for it)."""
-    worst = min(row.recall for row in report.classes)
-    recall_of = {row.name: row.recall for row in report.classes}
-    if str(your_class) not in recall_of:
-        raise AssertionError(f"{your_class!r} is not a class of this report; pick one of {', '.join(recall_of)}.")
-    if recall_of[str(your_class)] != worst:
-        raise AssertionError(
-            f"Class {your_class!r} has recall {recall_of[str(your_class)]:.3f}, but some class has less: "
-            "compare the recall column (found / all images of that class), not precision or F1."
-        )
-    print(f"Correct: class {your_class} has the lowest recall, {worst:.1%} of its test images found.")
+def check_worst_recall(worst_recall_class, report: ClassReport) -> None:
+    """Checker: ``worst_recall_class(report)`` must return the name of a class with the lowest recall (any class tied
+    for it), on the lesson's ``report`` and on one where recall, F1, precision and support point at different classes.
+    """
+    if not callable(worst_recall_class):
+        raise AssertionError("Pass your function worst_recall_class (report -> class name), not its answer: the "
+                             "checker also tries it on a report where recall and F1 point at different classes.")
+    for which, probe in (("this report", report), ("the checker's report", recall_probe_report())):
+        answer = answer_of(f"worst_recall_class on {which}", worst_recall_class, probe)
+        recall_of = {row.name: row.recall for row in probe.classes}
+        if not isinstance(answer, str):
+            raise AssertionError(f"Return the class's name (a row's .name), not a {type(answer).__name__}.")
+        if answer not in recall_of:
+            raise AssertionError(f"{answer!r} is not a class of {which}; return one of its rows' .name.")
+        if recall_of[answer] != min(recall_of.values()):
+            raise AssertionError(
+                f"On {which}, class {answer!r} has recall {recall_of[answer]:.3f}, but some class has less: compare "
+                "the recall column (found / all images of that class), not precision, F1 or support."
+            )
+    name = worst_recall_class(report)
+    print(f"Correct: class {name} has the lowest recall, {min(r.recall for r in report.classes):.1%} of its test "
+          "images found.")
 
 
 @checker

@@ -42,11 +42,14 @@ def check_accumulation_window(num_images: int, settings, num_processes: int) -> 
         )
 
 
+PROBE_IMAGES = 2  # the training images check_model_input reads before the first step
+
+
 def check_model_input(model: torch.nn.Module, train_set, batch_transform, accelerator, logits_of) -> None:
-    """Run two training images through `batch_transform` and `model` (eval mode, no gradient, random state kept):
-    refuse integer pixels and a head whose width differs from the number of classes (lesson 05)."""
+    """Run `PROBE_IMAGES` training images through `batch_transform` and `model` (eval mode, no gradient, random
+    state kept): refuse integer pixels and a head whose width differs from the number of classes (lesson 05)."""
     with kept_random_state(), torch.no_grad(), eval_mode(model), accelerator.autocast():
-        images, labels = default_collate([train_set[i] for i in range(min(2, len(train_set)))])
+        images, labels = default_collate([train_set[i] for i in range(min(PROBE_IMAGES, len(train_set)))])
         if batch_transform is not None:
             images, _ = batch_transform(images, labels)
         if not images.is_floating_point():
