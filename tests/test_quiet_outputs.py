@@ -1,6 +1,7 @@
 """What keeps a saved notebook quiet: progress bars that end as one line of text when headless, `record()` that
 writes to the runner's file instead of the notebook, and timings that come as a median with the machine's load."""
 import json
+import os
 
 import nbformat
 import pytest
@@ -57,7 +58,14 @@ def test_without_a_runner_record_keeps_the_values_in_the_kernel(monkeypatch):
     assert course.RECORDED["answer"] == 42
 
 
-def test_an_executed_notebook_holds_no_bookkeeping_line_and_its_records_are_collected(tmp_path):
+@pytest.mark.parametrize("inside_a_run", [False, True])
+def test_an_executed_notebook_holds_no_bookkeeping_line_and_its_records_are_collected(tmp_path, monkeypatch,
+                                                                                      inside_a_run):
+    outer = tmp_path / "outer.jsonl"  # a sweep runs notebooks from a notebook that records results of its own
+    if inside_a_run:
+        monkeypatch.setenv(course.RECORDS_FILE, str(outer))
+    else:
+        monkeypatch.delenv(course.RECORDS_FILE, raising=False)
     cells = [nbformat.v4.new_markdown_cell("# demo"), nbformat.v4.new_code_cell('profile = "auto"\noverrides = {}'),
              nbformat.v4.new_code_cell("from helpers import course\ncourse.record(answer=42)\nprint('done')")]
     cells[1].metadata["tags"] = ["parameters"]
@@ -68,6 +76,7 @@ def test_an_executed_notebook_holds_no_bookkeeping_line_and_its_records_are_coll
     assert result.ok and result.records == {"answer": 42}
     executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     assert [output.get("text") for output in executed.cells[-1].outputs] == ["done\n"]
+    assert os.environ.get(course.RECORDS_FILE) == (str(outer) if inside_a_run else None)
 
 
 def test_median_of_repeats_ignores_one_slow_outlier():

@@ -94,6 +94,7 @@ def execute(notebook: Path, output: Path, parameters: dict, timeout: int | None 
     error = ""
     with tempfile.TemporaryDirectory(prefix="course-records-") as folder:
         records_file = Path(folder) / "records.jsonl"
+        outer_records = os.environ.get(RECORDS_FILE)  # set when this runs inside a notebook the runner runs (a sweep)
         os.environ[RECORDS_FILE] = str(records_file)  # where the kernel's record() calls write
         try:
             papermill.execute_notebook(
@@ -113,7 +114,10 @@ def execute(notebook: Path, output: Path, parameters: dict, timeout: int | None 
         except Exception as failure:  # noqa: BLE001 - the kernel would not start, the file is not a notebook, ...
             error = f"papermill could not run it ({type(failure).__name__}: {str(failure).strip()[:300]})"
         finally:
-            os.environ.pop(RECORDS_FILE, None)
+            if outer_records is None:
+                os.environ.pop(RECORDS_FILE, None)
+            else:
+                os.environ[RECORDS_FILE] = outer_records
         records = read_records(records_file)
     seconds = time.perf_counter() - started
     return Result(notebook.stem, seconds, records, error)
