@@ -45,6 +45,9 @@ def built(tmp_path_factory):
     return folder / "html", pages
 
 
+FIGURE_TYPES = {"image/png", "image/jpeg"}  # lesson 07 saves its figures of photos as JPEG
+
+
 def test_one_page_per_lesson_and_the_course_map(built):
     out, pages = built
     assert [p.name for p in pages] == ["index.html"] + [f"{p.stem}.html" for p in NOTEBOOKS]
@@ -55,9 +58,10 @@ def test_one_page_per_lesson_and_the_course_map(built):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_every_figure_is_embedded(built, path):
     out, _ = built
-    figures = sum("image/png" in o.get("data", {}) for c in nbformat.read(path, as_version=4).cells
+    figures = sum(bool(FIGURE_TYPES & set(o.get("data", {}))) for c in nbformat.read(path, as_version=4).cells
                   for o in c.get("outputs", []))
-    embedded = [s for s in Page(out / f"{path.stem}.html").sources if s.startswith("data:image/png;base64,")]
+    embedded = [s for s in Page(out / f"{path.stem}.html").sources
+                if s.startswith(tuple(f"data:{kind};base64," for kind in FIGURE_TYPES))]
     assert len(embedded) == figures > 0
 
 
