@@ -62,6 +62,14 @@ EXPECTATIONS = {
         and r["mistakes_caught_by_review"] <= r["mistakes"]
         and r["onnx_max_difference"] < 1e-4  # onnx and onnxruntime are in the dev extra: the export runs
     ),
+    # 07: near-duplicates cross a random split and never the group split; the shipped pipeline and the adapters
+    # give the model's own answers back.
+    "07_your_photos": lambda r: (
+        r["leaks_group_split"] == 0 < r["leaks_random_split"] and r["pipeline_top1_agrees"] is True
+        and r["adapter_reload_same"] is True and r["adapter_swap_same"] is True
+    ),
+    # 08 in smoke: a grid of two runs of lesson 07, both finished, their results gathered.
+    "08_sweep": lambda r: r["failed_runs"] == 0 and r["runs"] == 2 and 0 <= r["picked_val_accuracy"] <= 1,
 }
 
 
