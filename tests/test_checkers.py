@@ -6,20 +6,26 @@ A checker that is not in the table fails `test_every_checker_is_in_the_table`.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import re
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from sklearn.model_selection import train_test_split
 from transformers import ViTConfig, ViTForImageClassification
 
 from helpers import data, freezing, profiles
+from helpers.course.runner import Result
+from helpers.course.sweep import SweepRun, summarize
 from helpers.data import augment
 from helpers.evaluate import expected_calibration_error, per_class_report, reliability_bins
 from helpers.lessons import (
@@ -30,10 +36,13 @@ from helpers.lessons import (
     l04_augmentation,
     l05_training,
     l06_evaluation,
+    l07_your_photos,
+    l08_sweep,
 )
 from helpers.train import History
 
-LESSONS = (l00_setup, l01_vit_theory, l02_freezing, l03_datasets, l04_augmentation, l05_training, l06_evaluation)
+LESSONS = (l00_setup, l01_vit_theory, l02_freezing, l03_datasets, l04_augmentation, l05_training, l06_evaluation,
+           l07_your_photos, l08_sweep)
 
 
 @dataclass
@@ -704,6 +713,75 @@ macro_f1 = Case(
 )
 
 
+# ---------------------------------------------------------------- lesson 07: a phone photo upright, a group split
+@functools.cache
+def phone_photo() -> Path:
+    """A photo stored sideways with EXIF orientation 6 (turn 90° clockwise to view), as phones write them."""
+    exif = Image.Exif()
+    exif[l07_your_photos.ORIENTATION_TAG] = 6
+    path = Path(tempfile.mkdtemp(prefix="checker-photo-")) / "sideways.jpg"
+    pixels = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (40, 1))[..., None].repeat(3, 2)
+    Image.fromarray(pixels).save(path, exif=exif.tobytes(), quality=95)
+    return path
+
+
+def stored_pixels() -> torch.Tensor:
+    return torch.from_numpy(np.asarray(Image.open(phone_photo()).convert("RGB")).copy()).permute(2, 0, 1)
+
+
+upright = Case(
+    l07_your_photos.check_upright,
+    right={"data.read_photo": lambda: (data.read_photo(phone_photo()), phone_photo())},
+    wrong={
+        "starter": (lambda: (None, phone_photo()), STARTER),
+        "the stored pixels (orientation ignored)": (lambda: (stored_pixels(), phone_photo()), "swapped"),
+        "turned the wrong way": (lambda: (data.read_photo(phone_photo()).flip(1, 2), phone_photo()), "not upright"),
+        "floats in [0, 1]": (lambda: (data.read_photo(phone_photo()).float() / 255, phone_photo()), "uint8"),
+    },
+)
+
+GROUPS = [0, 0, 1, 1, 2, 2]  # photos 0 and 1 are one group, 2 and 3 another, ...
+
+group_split = Case(
+    l07_your_photos.check_group_split,
+    right={"by group": lambda: (([0, 1], [2, 3], [4, 5]), [(0, 1)], GROUPS),
+           "as tuples": lambda: (((4, 5), (0, 1), (2, 3)), [(0, 1)], GROUPS)},
+    wrong={
+        "starter": (lambda: (None, [], GROUPS), STARTER),
+        "split by photo (a group across splits)": (lambda: (([0, 2], [1, 3], [4, 5]), [], GROUPS), "two splits"),
+        "a near-duplicate pair across splits": (lambda: (([0, 1], [2, 3], [4, 5]), [(1, 2)], GROUPS),
+                                                "near-duplicate"),
+        "off by one: a photo left out": (lambda: (([0, 1], [2, 3], [4]), [], GROUPS), "exactly one split"),
+        "an empty split": (lambda: (([0, 1, 2, 3], [], [4, 5]), [], GROUPS), "each split needs photos"),
+        "train and test only": (lambda: (([0, 1, 2, 3], [4, 5]), [], GROUPS), "three lists"),
+    },
+)
+
+
+# ---------------------------------------------------------------- lesson 08: the cheapest setting within the noise
+def sweep_summaries():
+    def run(strategy, seed, val, seconds):
+        return SweepRun({"strategy": strategy, "seed": seed}, Result("07", seconds, {"val_accuracy": val}))
+
+    return summarize([run("full", 0, 0.90, 10), run("full", 1, 0.80, 10), run("lora", 0, 0.84, 5),
+                      run("lora", 1, 0.84, 5), run("probe", 0, 0.5, 1), run("probe", 1, 0.5, 1)])
+
+
+cheapest_within_noise = Case(
+    l08_sweep.check_cheapest_within_noise,
+    right={"lora: within one sd of full, half the time": lambda: ({"strategy": "lora"}, sweep_summaries())},
+    wrong={
+        "starter": (lambda: (None, sweep_summaries()), STARTER),
+        "neighbouring: the best mean": (lambda: ({"strategy": "full"}, sweep_summaries()), "less time"),
+        "the cheapest of all": (lambda: ({"strategy": "probe"}, sweep_summaries()), "further than one sd"),
+        "not a setting of the sweep": (lambda: ({"strategy": "lora", "lr": 1e-4}, sweep_summaries()),
+                                       "not in the sweep"),
+        "a name, not a setting": (lambda: ("lora", sweep_summaries()), "as a dict"),
+    },
+    secrets=lambda: ["lora"],
+)
+
+
 CASES = {
     "check_standard_error": standard_error,
     "check_token_arithmetic": token_arithmetic,
@@ -725,6 +803,9 @@ CASES = {
     "check_ablation_verdict": ablation_verdict,
     "check_step_count": step_count,
     "check_macro_f1": macro_f1,
+    "check_upright": upright,
+    "check_group_split": group_split,
+    "check_cheapest_within_noise": cheapest_within_noise,
 }
 
 RIGHT = [(name, answer) for name, case in CASES.items() for answer in case.right]
