@@ -83,6 +83,13 @@ def test_calibration_needs_probabilities(probs):
         calibration.expected_calibration_error(probs, np.array([0]))
 
 
+def test_a_top_probability_just_above_one_lands_in_the_last_bin():
+    # [1.0005, 0.0] sums to 1 within the rounding the probability check allows, so 1.0005 is a confidence
+    bins = calibration.reliability_bins(np.array([[1.0005, 0.0]]), np.array([0]), n_bins=4)
+    assert bins.counts.tolist() == [0, 0, 0, 1]
+    assert len(bins.confidence) == len(bins.accuracy) == 4 and bins.accuracy[3] == 1.0
+
+
 def test_rows_summing_to_one_within_rounding_are_probabilities():
     assert calibration.expected_calibration_error(np.array([[0.5, 0.5005]]), np.array([1])) == pytest.approx(0.4995)
     assert calibration.expected_calibration_error(np.array([[0.0, 1.0]]), np.array([1])) == 0.0
@@ -130,6 +137,33 @@ def test_the_fitted_temperature_is_the_nll_minimum(scale):
 def test_fit_temperature_takes_integer_labels_of_any_width():
     logits, labels = overconfident(2.5)
     assert calibration.fit_temperature(logits, labels.astype(np.int32)) == calibration.fit_temperature(logits, labels)
+
+
+def test_float32_logits_are_fitted_in_float64():
+    logits, labels = overconfident(2.5)
+    as_float32 = logits.astype(np.float32)  # what a model gives
+    in_float64 = calibration.fit_temperature(as_float32.astype(np.float64), labels)
+    assert calibration.fit_temperature(as_float32, labels) == pytest.approx(in_float64, abs=1e-6)
+    assert calibration.fit_temperature(torch.from_numpy(as_float32), labels) == pytest.approx(in_float64, abs=1e-6)
+
+
+def test_max_iter_reaches_the_optimizer():
+    logits, labels = overconfident(2.5)
+    converged = calibration.fit_temperature(logits, labels)
+    one_step = calibration.fit_temperature(logits, labels, max_iter=1)
+    assert one_step != pytest.approx(converged, abs=1e-3)
+    assert 1.0 < one_step < converged  # one L-BFGS iteration from T = 1 stops short of the minimum
+
+
+def test_logits_with_nothing_to_scale_keep_a_temperature_of_exactly_one():
+    # all-zero logits give the same NLL at every temperature: the tie goes to T = 1
+    assert calibration.fit_temperature(np.zeros((4, 3)), np.array([0, 1, 2, 0])) == 1.0
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_fit_on_nan_or_inf_logits_falls_back_to_one(bad):
+    # the fit itself ends at T = nan, which leaves T = 1 as the only candidate
+    assert calibration.fit_temperature(np.array([[bad, 0.0], [1.0, 0.0]]), np.array([0, 1])) == 1.0
 
 
 def test_fit_temperature_takes_tensors_and_keeps_one_when_nothing_is_better():

@@ -27,6 +27,13 @@ def test_class_weights_with_the_class_count_given():
         loaders.class_weights([1, 1])
 
 
+def test_class_weights_need_labels():
+    for empty in ([], np.array([], dtype=int), torch.tensor([], dtype=torch.long)):
+        with pytest.raises(ValueError, match="^" + re.escape("Class weights need at least one label.") + "$"):
+            loaders.class_weights(empty)
+    assert loaders.class_weights([0]).tolist() == [1.0]
+
+
 def test_weighted_sampler_weighs_each_image_by_one_over_its_class_size():
     sampler = loaders.weighted_sampler([0, 1, 1, 1, 2, 2])
     assert sampler.weights.dtype == torch.float64

@@ -61,6 +61,11 @@ def test_fractions_just_inside_the_limits_are_accepted():
     assert (len(train), len(val), len(test)) == (2, 49, 49)
 
 
+def test_counts_of_a_million_images_are_rounded_past_the_float_noise():
+    # 0.28 * 1_092_275 is 305837.00000000006: noise at the tenth digit must not round the count up
+    assert splits._count_of(0.28, 1_092_275) == 305837
+
+
 def test_split_dataset_cuts_70_15_15_and_keeps_classes_and_source():
     dataset = labelled([40, 60])
     result = splits.split_dataset(dataset, "two classes", seed=0)
@@ -107,6 +112,13 @@ def test_stratified_subset_keeps_the_balance_and_all_when_big_enough():
     rows = [tuple(dataset.images[i].flatten().tolist()) for i in range(len(dataset))]
     kept = [rows.index(tuple(image.flatten().tolist())) for image in subset.images]
     assert kept == sorted(kept)  # in the dataset's order
+
+
+def test_leaving_out_as_many_images_as_classes_is_sklearns_stratified_draw():
+    # three left out of three classes is sklearn's draw, which leaves them out in proportion (0, 1, 2);
+    # the by-hand branch (one out of each of the largest classes) is only for fewer than the class count
+    kept = splits.stratified_subset(labelled([30, 60, 90]), 177, seed=1)
+    assert np.bincount(kept.labels).tolist() == [30, 59, 88]
 
 
 def test_nearly_all_of_many_classes_leaves_one_out_of_the_first_of_the_largest():

@@ -12,6 +12,8 @@ def class_weights(labels, num_classes: int | None = None) -> torch.Tensor:
     Use them as `torch.nn.CrossEntropyLoss(weight=class_weights(labels))`.
     """
     counts = np.bincount(np.asarray(labels, dtype=int), minlength=num_classes or 0)
+    if len(counts) == 0:
+        raise ValueError("Class weights need at least one label.")
     if (counts == 0).any():
         missing = np.flatnonzero(counts == 0).tolist()
         raise ValueError(f"Class(es) {missing} have no images, so they cannot be weighted: drop them or add images.")
