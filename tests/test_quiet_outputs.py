@@ -2,6 +2,7 @@
 writes to the runner's file instead of the notebook, and timings that come as a median with the machine's load."""
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import nbformat
 import pytest
@@ -77,6 +78,23 @@ def test_an_executed_notebook_holds_no_bookkeeping_line_and_its_records_are_coll
     executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     assert [output.get("text") for output in executed.cells[-1].outputs] == ["done\n"]
     assert os.environ.get(course.RECORDS_FILE) == (str(outer) if inside_a_run else None)
+
+
+def test_notebooks_run_side_by_side_keep_their_records_apart(tmp_path):
+    """A sweep runs notebooks in threads of one process: each run's records must be its own."""
+    def recording(value):
+        cells = [nbformat.v4.new_code_cell('profile = "auto"\noverrides = {}'),
+                 nbformat.v4.new_code_cell(f"from helpers import course\ncourse.record(run={value})")]
+        cells[0].metadata["tags"] = ["parameters"]
+        path = tmp_path / f"run{value}.ipynb"
+        nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {
+            "name": "python3", "display_name": "Python 3", "language": "python"}}), path)
+        return path
+
+    paths = [recording(value) for value in range(4)]
+    with ThreadPoolExecutor(len(paths)) as pool:
+        results = list(pool.map(lambda path: course.execute(path, path.with_suffix(".out.ipynb"), {}), paths))
+    assert [result.records for result in results] == [{"run": value} for value in range(4)]
 
 
 def test_median_of_repeats_ignores_one_slow_outlier():

@@ -94,12 +94,11 @@ def execute(notebook: Path, output: Path, parameters: dict, timeout: int | None 
     error = ""
     with tempfile.TemporaryDirectory(prefix="course-records-") as folder:
         records_file = Path(folder) / "records.jsonl"
-        outer_records = os.environ.get(RECORDS_FILE)  # set when this runs inside a notebook the runner runs (a sweep)
-        os.environ[RECORDS_FILE] = str(records_file)  # where the kernel's record() calls write
         try:
             papermill.execute_notebook(
                 str(notebook), str(output), parameters=parameters, kernel_name="python3",
                 cwd=str(notebook.parent), progress_bar=False, execution_timeout=timeout,
+                kernel_manager_class=kernel_manager_writing_to(records_file),
             )
         except PapermillExecutionError as failure:
             first_line = failure.source.strip().splitlines()[0] if failure.source.strip() else ""
@@ -113,14 +112,22 @@ def execute(notebook: Path, output: Path, parameters: dict, timeout: int | None 
                      "or allow more with --cell-timeout")
         except Exception as failure:  # noqa: BLE001 - the kernel would not start, the file is not a notebook, ...
             error = f"papermill could not run it ({type(failure).__name__}: {str(failure).strip()[:300]})"
-        finally:
-            if outer_records is None:
-                os.environ.pop(RECORDS_FILE, None)
-            else:
-                os.environ[RECORDS_FILE] = outer_records
         records = read_records(records_file)
     seconds = time.perf_counter() - started
     return Result(notebook.stem, seconds, records, error)
+
+
+def kernel_manager_writing_to(records_file: Path) -> type:
+    """A kernel manager class whose kernels' `record()` calls append to `records_file`: the path goes into the
+    kernel's own environment, never this process's, so notebooks run side by side (a sweep) keep apart."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class RecordsKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kwargs):
+            kwargs["env"] = {**os.environ, **kwargs.get("env", {}), RECORDS_FILE: str(records_file)}
+            return await super().start_kernel(**kwargs)
+
+    return RecordsKernelManager
 
 
 def last_started_cell(output: Path) -> str:
