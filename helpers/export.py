@@ -119,6 +119,7 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, example_images:
             dynamic_shapes={"images": {0: torch.export.Dim.DYNAMIC}},
             external_data=False,
             dynamo=True,
+            verbose=False,  # no progress lines in a notebook's saved output
         )
     return path
 

@@ -648,11 +648,12 @@ def test_size_on_disk_adds_up_every_file(tmp_path):
         export.size_on_disk(tmp_path / "missing")
 
 
-def test_onnx_export_runs_in_onnxruntime_for_any_batch_size_and_matches_pytorch(tmp_path):
+def test_onnx_export_runs_in_onnxruntime_for_any_batch_size_and_matches_pytorch(tmp_path, capfd):
     import onnx  # pinned in the dev extra: the export is tested for real
 
     model, images = tiny_vit(), torch.randn(3, 3, 8, 8)
     path = export.export_onnx(model, tmp_path / "model.onnx", images[:2])
+    assert "[torch.onnx]" not in capfd.readouterr().out  # quiet in a notebook's saved output
     graph = onnx.load(path).graph
     assert [i.name for i in graph.input] == ["images"] and [o.name for o in graph.output] == ["logits"]
     assert not graph.input[0].type.tensor_type.shape.dim[0].HasField("dim_value")  # the batch is not fixed
