@@ -39,7 +39,7 @@ def built(tmp_path_factory):
     folder = tmp_path_factory.mktemp("site")
     summary = folder / "summary.json"
     summary.write_text(json.dumps(
-        [{"notebook": "00_setup", "seconds": 65.2, "records": {"profile": "cpu"}, "error": ""},
+        [{"notebook": "00_setup", "seconds": 65.2, "records": {"profile": "cpu", "test_accuracy": 0.97}, "error": ""},
          {"notebook": "01_vit_theory", "seconds": 9.0, "records": {"profile": "smoke"}, "error": ""}]))
     pages = website.build_site(folder / "html", summary=summary)
     return folder / "html", pages
@@ -86,7 +86,8 @@ def test_runtimes_come_from_a_cpu_run_and_results_from_the_records(built):
     rows = dict(re.findall(r'<a href="(\d\d_\w+)\.html">.*?</a></td><td>(.*?)</td>', text))
     assert rows["00_setup"] == "1 min 05 s"
     assert rows["01_vit_theory"] == "not measured"  # that summary row was a smoke run
-    assert "test_accuracy = " in text  # what 00_setup records
+    assert "test_accuracy = 0.97" in text  # what 00_setup recorded in that run
+    assert "not recorded" in text  # 01_vit_theory's only row was a smoke run
 
 
 def test_lesson_links_and_the_colab_badge_become_site_links():

@@ -4,7 +4,7 @@ Plain nbconvert, the tool the kit already installs: one self-contained page per 
 `cpu` outputs (figures embedded, nothing executed), through a template that loads nothing from a CDN; links
 between lessons rewritten from `.ipynb` to `.html`; a bar on each page with the previous and next lesson and
 its measured runtime and results; and `index.html`, the course map. Runtimes come from `build/summary.json`
-(`make course`) when it holds a `cpu` run; the results are the values each lesson recorded.
+(`make course`) when it holds a `cpu` run, and so do the results: the values each lesson recorded in that run.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import nbformat
 
-from helpers.course.notebook import BUILD, NOTEBOOKS, format_value, read_records
+from helpers.course.notebook import BUILD, NOTEBOOKS, format_value
 from helpers.course.runner import course_notebooks
 
 TEMPLATES = Path(__file__).resolve().parent / "site_template"
@@ -32,14 +32,14 @@ def title_of(notebook: nbformat.NotebookNode) -> str:
     return re.sub(r"^#\s*", "", notebook.cells[0].source.splitlines()[0]).strip()
 
 
-def measured_runtimes(summary: Path) -> dict[str, float]:
-    """Seconds per notebook from a `course run` summary, when that run was in the cpu profile (the committed
-    outputs' profile); empty when there is none."""
+def measured_runs(summary: Path) -> dict[str, dict]:
+    """Each notebook's row of a `course run` summary (seconds, records), when that run was in the cpu profile
+    (the committed outputs' profile); empty when there is none."""
     try:
         results = json.loads(summary.read_text())
     except (OSError, ValueError):
         return {}
-    return {r["notebook"]: r["seconds"] for r in results
+    return {r["notebook"]: r for r in results
             if isinstance(r, dict) and not r.get("error") and r.get("records", {}).get("profile") == "cpu"}
 
 
@@ -50,7 +50,9 @@ def duration(seconds: float | None) -> str:
     return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
 
 
-def results_text(records: dict) -> str:
+def results_text(records: dict | None) -> str:
+    if records is None:
+        return "not recorded"
     shown = {k: v for k, v in records.items() if k not in HIDDEN_RECORDS and isinstance(v, (int, float, str, bool))}
     return ", ".join(f"{key} = {format_value(value)}" for key, value in shown.items()) or "-"
 
@@ -95,14 +97,15 @@ def build_site(out: Path = BUILD / "site", notebooks: Path = NOTEBOOKS, summary:
     paths = course_notebooks() if notebooks == NOTEBOOKS else sorted(notebooks.glob("[0-9][0-9]_*.ipynb"))
     lessons = {path.stem: nbformat.read(path, as_version=4) for path in paths}
     stems, titles = list(lessons), {stem: title_of(nb) for stem, nb in lessons.items()}
-    seconds = measured_runtimes(summary)
+    runs = measured_runs(summary)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     exporter = HTMLExporter(template_name="offline", extra_template_basedirs=[str(TEMPLATES)])
     pages, rows = [], []
     for index, (stem, notebook) in enumerate(lessons.items()):
-        runtime, results = duration(seconds.get(stem)), results_text(read_records(notebook))
+        run = runs.get(stem, {})
+        runtime, results = duration(run.get("seconds")), results_text(run.get("records"))
         page = for_the_site(notebook, navigation(stems, titles, index, runtime, results))
         body, _ = exporter.from_notebook_node(page, resources={"metadata": {"name": titles[stem]}})
         pages.append(out / f"{stem}.html")
