@@ -261,21 +261,44 @@ def loader_for(dataset, batch_size: int, *, shuffle_generator: torch.Generator |
                        persistent_workers=False)
 
 
+class AccumulationWindow:
+    """The micro-batches of one optimizer step under gradient accumulation, weighed by their images, so that a
+    window holding a short last batch still steps on the mean loss over its images (lesson 05).
+
+    Accelerate divides each micro-batch's loss by `grad_accum`: right when every micro-batch is full. `weigh`
+    scales a loss by its share of a full batch, and `close` rescales the summed gradients by the window's
+    full size over its actual images (a no-op for a full window)."""
+
+    def __init__(self, batch_size: int, grad_accum: int):
+        self.batch_size, self.full, self.images = batch_size, batch_size * grad_accum, 0
+
+    def weigh(self, loss: torch.Tensor, images: int) -> torch.Tensor:
+        self.images += images
+        return loss * (images / self.batch_size)
+
+    def close(self, parameters) -> None:
+        if self.images != self.full:
+            grads = [p.grad for p in parameters if p.grad is not None]
+            torch._foreach_mul_(grads, self.full / self.images)
+        self.images = 0
+
+
 def run_train_epoch(model, loader, optimizer, scheduler, accelerator, settings, batch_transform,
                     description, progress) -> float:
     """One pass over `loader`; returns the mean training loss (lesson 05)."""
     total, count = torch.zeros((), device=accelerator.device), 0
+    window = AccumulationWindow(settings.batch_size, settings.grad_accum) if settings.grad_accum > 1 else None
     bar = progress_bar(loader, desc=description, leave=False, disable=not (progress and accelerator.is_main_process))
     for images, targets in bar:
         loss = train_step(model, images, targets, optimizer, scheduler, accelerator, settings.max_grad_norm,
-                          batch_transform)
+                          batch_transform, window)
         total += loss * len(images)
         count += len(images)
     return float(accelerator.reduce(total, "sum")) / (count * accelerator.num_processes)
 
 
 def train_step(model, images, targets, optimizer, scheduler, accelerator, max_grad_norm=None,
-               batch_transform=None) -> torch.Tensor:
+               batch_transform=None, window: AccumulationWindow | None = None) -> torch.Tensor:
     """One micro-batch of `fit()`: forward, loss, backward; on the last micro-batch of an accumulation,
     clip, step the optimizer and the schedule (`scheduler` may be None). Returns the loss, detached; a loss that
     is not finite raises `NonFiniteLoss` before the backward pass (lesson 05)."""
@@ -284,7 +307,9 @@ def train_step(model, images, targets, optimizer, scheduler, accelerator, max_gr
             images, targets = batch_transform(images, targets)
         loss = cross_entropy(logits_of(model, images), targets)
         require_finite(loss, accelerator)  # before backward: the weights stay as the last good step left them
-        accelerator.backward(loss)
+        accelerator.backward(loss if window is None else window.weigh(loss, len(images)))
+        if accelerator.sync_gradients and window is not None:
+            window.close(model.parameters())
         if accelerator.sync_gradients and max_grad_norm:
             accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
         optimizer.step()
