@@ -12,8 +12,6 @@ from IPython.display import display
 
 
 def is_headless() -> bool:
-
-
     """True when the notebook runs without a live front end (`COURSE_HEADLESS=1`) (lesson 01)."""
     return os.environ.get("COURSE_HEADLESS") == "1"
 

@@ -231,7 +231,8 @@ class Recorder:
         return images, targets
 
 
-def test_history_rows_hold_the_epochs_losses_accuracy_lr_and_seconds(capsys):
+def test_history_rows_hold_the_epochs_losses_accuracy_lr_and_seconds(capsys, monkeypatch):
+    monkeypatch.delenv("COURSE_HEADLESS", raising=False)  # a live bar, as in JupyterLab or a terminal
     net, train_set, val_set, recorder = model(), Points(10), Points(7, seed=1), Recorder()
     logits = []
     net.register_forward_hook(lambda module, args, output: logits.append(output.detach()) if module.training else None)
