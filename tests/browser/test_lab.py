@@ -146,7 +146,7 @@ def test_a_student_copy_runs_to_the_end_and_its_checker_answers(page, lab):
     assert wrong.startswith("Not yet: ") and wrong.count("\n") <= 1 and "Traceback" not in wrong
     assert right.startswith("Correct") and "Traceback" not in right
     left = run_cell(page, code_cell(page, "exercises_left("))
-    assert left.startswith("1 of 2 exercises right. Left: Exercise 2"), left
+    assert left.startswith("1 of 3 exercises right. Left: Exercise 2"), left
 
 
 def test_opening_closing_and_saving_a_tidied_notebook_changes_no_byte(page, lab):
