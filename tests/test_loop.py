@@ -214,6 +214,14 @@ def test_unequal_micro_batches_accumulate_to_the_mean_over_the_windows_images():
     assert same(large, accumulated, atol=1e-6)
 
 
+@pytest.mark.parametrize("batch_size, grad_accum, n", [(4, 2, 6), (2, 2, 8), (3, 3, 7)])
+def test_every_window_steps_on_the_mean_over_its_images(batch_size, grad_accum, n):
+    # (4, 2, 6): one window of 4 + 2; (2, 2, 8): two full windows; (3, 3, 7): one window of 3 + 3 + 1
+    large, _ = sgd_fit(batch_size * grad_accum, 1, n=n)
+    accumulated, _ = sgd_fit(batch_size, grad_accum, n=n)
+    assert same(large, accumulated, atol=1e-6) and not same(large, weights(model()))
+
+
 def test_an_epoch_ends_with_a_step_even_when_its_last_window_is_short():
     _, history = sgd_fit(4, 2, n=10, epochs=2)  # 3 micro-batches per epoch: windows of 2 and 1, 2 steps
     assert history.column("lr") == pytest.approx([SETTINGS.lr / 2, 0.0], abs=1e-12)  # linear: 2 of 4, 4 of 4
@@ -278,8 +286,8 @@ def test_each_epoch_is_shuffled_differently_and_the_same_seed_repeats_everything
         net, train_set = model(), Points(12)
         history = loop.fit(net, train_set, Points(3, seed=9), dataclasses.replace(SETTINGS, seed=seed),
                            progress=False)
-        runs.append((train_set.seen[guards.PROBE_IMAGES:], [{k: v for k, v in r.items() if k != "seconds"} for r in history.rows],
-                     weights(net)))
+        rows = [{k: v for k, v in r.items() if k != "seconds"} for r in history.rows]
+        runs.append((train_set.seen[guards.PROBE_IMAGES:], rows, weights(net)))
     (order, rows, final), (order_again, rows_again, final_again), (other_order, _, _) = runs
     first, second = order[:12], order[12:]
     assert sorted(first) == sorted(second) == list(range(12)) and first != list(range(12)) and first != second

@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -373,3 +374,14 @@ def test_bad_training_settings_say_what_is_wrong(override, message):
 def test_bad_lr_find_settings_say_what_is_wrong(override, message):
     with pytest.raises(ValueError, match=message):
         l05.lr_find(tiny_vit(), bright_or_dark(8), SETTINGS, progress=False, **override)
+
+
+def test_gradient_checkpointing_through_fit_recomputes_the_same_training():
+    settings = dataclasses.replace(SETTINGS, epochs=1)
+    plain, checkpointed = tiny_vit(), tiny_vit()
+    train.fit(plain, bright_or_dark(32), bright_or_dark(8, seed=1), settings, progress=False)
+    train.fit(checkpointed, bright_or_dark(32), bright_or_dark(8, seed=1),
+              dataclasses.replace(settings, gradient_checkpointing=True), progress=False)
+    assert any(getattr(m, "gradient_checkpointing", False) for m in checkpointed.modules())  # switched on
+    assert same_weights(weights(plain), weights(checkpointed), atol=1e-5)  # the same steps, recomputed
+    assert not same_weights(weights(plain), weights(tiny_vit()))
