@@ -67,17 +67,20 @@ def test_an_executed_notebook_holds_no_bookkeeping_line_and_its_records_are_coll
         monkeypatch.setenv(course.RECORDS_FILE, str(outer))
     else:
         monkeypatch.delenv(course.RECORDS_FILE, raising=False)
+    monkeypatch.delenv("COURSE_HEADLESS", raising=False)  # a live kernel (JupyterLab) that runs notebooks itself
     cells = [nbformat.v4.new_markdown_cell("# demo"), nbformat.v4.new_code_cell('profile = "auto"\noverrides = {}'),
-             nbformat.v4.new_code_cell("from helpers import course\ncourse.record(answer=42)\nprint('done')")]
+             nbformat.v4.new_code_cell("from helpers import course, widgets\n"
+                                       "course.record(answer=42, headless=widgets.is_headless())\nprint('done')")]
     cells[1].metadata["tags"] = ["parameters"]
     notebook = nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {
         "name": "python3", "display_name": "Python 3", "language": "python"}})
     nbformat.write(notebook, tmp_path / "demo.ipynb")
     result = course.execute(tmp_path / "demo.ipynb", tmp_path / "out.ipynb", {"profile": "smoke"})
-    assert result.ok and result.records == {"answer": 42}
+    assert result.ok and result.records == {"answer": 42, "headless": True}
     executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     assert [output.get("text") for output in executed.cells[-1].outputs] == ["done\n"]
     assert os.environ.get(course.RECORDS_FILE) == (str(outer) if inside_a_run else None)
+    assert "COURSE_HEADLESS" not in os.environ  # the runner's kernel ran headless, this process stays live
 
 
 def test_notebooks_run_side_by_side_keep_their_records_apart(tmp_path):

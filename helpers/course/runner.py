@@ -89,7 +89,6 @@ def execute(notebook: Path, output: Path, parameters: dict, timeout: int | None 
     from papermill.exceptions import PapermillExecutionError
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    os.environ["COURSE_HEADLESS"] = "1"  # the kernel inherits it: explorers draw one static view, bars one line
     started = time.perf_counter()
     error = ""
     with tempfile.TemporaryDirectory(prefix="course-records-") as folder:
@@ -118,13 +117,15 @@ def execute(notebook: Path, output: Path, parameters: dict, timeout: int | None 
 
 
 def kernel_manager_writing_to(records_file: Path) -> type:
-    """A kernel manager class whose kernels' `record()` calls append to `records_file`: the path goes into the
-    kernel's own environment, never this process's, so notebooks run side by side (a sweep) keep apart."""
+    """A kernel manager class whose kernels run headless (explorers draw one static view, bars end as one line)
+    and whose `record()` calls append to `records_file`. Both go into the kernel's own environment, never this
+    process's: notebooks run side by side (a sweep) keep apart, and a notebook that runs a sweep stays live."""
     from jupyter_client.manager import AsyncKernelManager
 
     class RecordsKernelManager(AsyncKernelManager):
         async def start_kernel(self, **kwargs):
-            kwargs["env"] = {**os.environ, **kwargs.get("env", {}), RECORDS_FILE: str(records_file)}
+            kwargs["env"] = {**os.environ, **kwargs.get("env", {}), "COURSE_HEADLESS": "1",
+                             RECORDS_FILE: str(records_file)}
             return await super().start_kernel(**kwargs)
 
     return RecordsKernelManager
