@@ -63,7 +63,7 @@ def check_folder(scan: FolderScan) -> None:
         raise ValueError(f"The classes of {root} sit one level deeper, in sub-folders of {', '.join(nested)}: "
                          "point the folder argument at the folder whose sub-folders are the classes.")
     if len(scan.classes) < 2:
-        left_out = [f"{p.path.name} ({p.issue})" for p in scan.problems if p.action.startswith("class left out")]
+        left_out = [f"{p.path.name} ({p.issue})" for p in scan.left_out]
         why = f", after leaving out {'; '.join(left_out)}" if left_out else ""
         raise ValueError(f"{root} holds {len(scan.classes)} usable class folder(s){why}: a classifier needs at "
                          f"least two sub-folders, one per class, each with {MIN_CLASS_IMAGES} or more photos.")

@@ -20,6 +20,9 @@ TINY_IMAGE_SIDE = 16
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
+CLASS_LEFT_OUT = "class left out"  # the action of a problem that drops a whole class folder
+
+
 @dataclass
 class Problem:
     """One finding of `scan_folder`: which file, what is wrong, and what the kit does about it (lesson 03)."""
@@ -45,6 +48,11 @@ class FolderScan:
     @property
     def skipped(self) -> list[Path]:
         return [p.path for p in self.problems if p.action.startswith("skipped")]
+
+    @property
+    def left_out(self) -> list[Problem]:
+        """The class folders left out: unreadable, empty, or with too few images."""
+        return [p for p in self.problems if p.action.startswith(CLASS_LEFT_OUT)]
 
     def report(self) -> str:
         """One line per problem, with paths relative to the scanned folder."""
@@ -79,7 +87,7 @@ def scan_folder(path: str | os.PathLike) -> FolderScan:
             readable[class_dir] = images
         else:
             issue = f"no readable image among its {len(files)} files" if files else "empty class folder"
-            scan.problems.append(Problem(class_dir, issue, "class left out"))
+            scan.problems.append(Problem(class_dir, issue, CLASS_LEFT_OUT))
     bar.close()
     add_classes(scan, readable)
     return scan
@@ -104,7 +112,7 @@ def add_classes(scan: FolderScan, readable: dict[Path, list[tuple[Path, str]]]) 
         if len(unique) < MIN_CLASS_IMAGES:
             scan.problems.append(Problem(
                 class_dir, f"only {len(unique)} image(s): a class needs {MIN_CLASS_IMAGES}, one each for "
-                           "training, validation and test", "class left out; add images to keep it"))
+                           "training, validation and test", f"{CLASS_LEFT_OUT}; add images to keep it"))
             continue
         scan.paths += unique
         scan.labels += [len(scan.classes)] * len(unique)
