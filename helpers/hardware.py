@@ -282,7 +282,6 @@ def _too_small(plan: Plan, shape: ModelShape, peak, model_name: str) -> Plan:
     return plan
 
 
-
 def enable_gradient_checkpointing(model) -> None:
     """Recompute each layer's activations in the backward pass instead of keeping them: several times less
     activation memory for about a third more compute; `fit()` does this with `gradient_checkpointing=True`

@@ -507,7 +507,6 @@ def test_plot_reliability_and_robustness():
         l06.plot_robustness({})
 
 
-
 def test_plot_error_gallery_shows_images_above_their_overlays():
     images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     dataset = labeled(images)  # labels 0, 1, 2, 0
