@@ -1,5 +1,6 @@
 """helpers.evaluate.metrics against hand counts: accuracy, top-k, per-class scores and their table, confusion,
-the most confused pairs, the bootstrap interval, the most confident mistakes, and the one-sentence errors."""
+the most confused pairs, the bootstrap interval, the most confident mistakes, the paired comparison of two
+models, and the one-sentence errors."""
 import re
 
 import numpy as np
@@ -180,8 +181,8 @@ def test_bootstrap_interval_is_the_binomial_percentile_interval():
     narrower = metrics.bootstrap_ci(correct, alpha=0.5, n_boot=4000, seed=1)
     assert low < narrower[0] < narrower[1] < high
     assert metrics.bootstrap_ci(correct, seed=1) == metrics.bootstrap_ci(correct, seed=1)
-    many = np.arange(10_000) % 10 < 7  # fine enough that the seed and the number of draws show
-    draws = np.random.default_rng(0).binomial(10_000, 0.7, size=2000) / 10_000  # the defaults: 2000, seed 0, 95%
+    many = np.arange(100_000) % 10 < 7  # fine enough that the seed and the number of draws show (2001 would not tie)
+    draws = np.random.default_rng(0).binomial(100_000, 0.7, size=2000) / 100_000  # the defaults: 2000, seed 0, 95%
     assert metrics.bootstrap_ci(many) == (np.quantile(draws, 0.025), np.quantile(draws, 0.975))
     assert metrics.bootstrap_ci(many, seed=1) != metrics.bootstrap_ci(many, seed=2)
     assert metrics.bootstrap_ci(np.array([1, 0, 1, 1]), n_boot=1) == metrics.bootstrap_ci([True, False, True, True],
@@ -225,3 +226,20 @@ def test_many_mistakes_tied_in_confidence_keep_their_order_and_eight_are_shown()
     order = metrics.most_confident_mistakes(predictions, k=40).tolist()
     assert order == list(range(0, 40, 3)) + [i for i in range(40) if i % 3]  # ties in dataset order
     assert metrics.most_confident_mistakes(predictions).tolist() == order[:8]
+
+
+def test_paired_comparison_counts_disagreements_and_tests_them():
+    a = np.array([1] * 80 + [0] * 20, dtype=bool)
+    b = a.copy()
+    b[80:92] = True  # b also gets 12 of a's mistakes right
+    b[:2] = False  # and misses 2 that a gets
+    result = metrics.paired_comparison(a, b)
+    assert (result.only_a_right, result.only_b_right) == (2, 12)
+    assert result.difference == pytest.approx(0.10)
+    assert result.p_value == pytest.approx(0.012939453125)  # exact two-sided binomial, 2 of 14
+    low, high = result.interval
+    assert 0 < low < 0.10 < high
+    same = metrics.paired_comparison(a, a)
+    assert same.p_value == 1.0 and same.interval == (0.0, 0.0)
+    with pytest.raises(ValueError, match="same length"):
+        metrics.paired_comparison(a, b[:-1])

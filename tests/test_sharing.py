@@ -1,28 +1,11 @@
-"""Sharing a model (lesson 07): the paired comparison, the model card, pipeline() round trip, LoRA adapters."""
+"""Sharing a model (lesson 07): the model card, pipeline() round trip, LoRA adapters."""
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from transformers import ViTImageProcessor
 
-from helpers import data, evaluate, export, freezing, models
-
-
-def test_paired_comparison_counts_disagreements_and_tests_them():
-    a = np.array([1] * 80 + [0] * 20, dtype=bool)
-    b = a.copy()
-    b[80:92] = True  # b also gets 12 of a's mistakes right
-    b[:2] = False  # and misses 2 that a gets
-    result = evaluate.paired_comparison(a, b)
-    assert (result.only_a_right, result.only_b_right) == (2, 12)
-    assert result.difference == pytest.approx(0.10)
-    assert result.p_value == pytest.approx(0.012939453125)  # exact two-sided binomial, 2 of 14
-    low, high = result.interval
-    assert 0 < low < 0.10 < high
-    same = evaluate.paired_comparison(a, a)
-    assert same.p_value == 1.0 and same.interval == (0.0, 0.0)
-    with pytest.raises(ValueError, match="same length"):
-        evaluate.paired_comparison(a, b[:-1])
+from helpers import data, export, freezing, models
 
 
 def card(**changes):
