@@ -1,11 +1,14 @@
 """helpers.train.loop on a model small enough to check by hand: the loss, one optimizer step of each kind,
-accumulation, the history `fit()` records, early stopping, restoring the best epoch, and resuming with random
-draws (dropout, augmentation) in the training step."""
+accumulation, the history `fit()` records, early stopping, restoring the best epoch, resuming with random
+draws (dropout, augmentation) in the training step, what a resume and a fresh run refuse, a loss that turns NaN,
+the Accelerator `fit()` asks for, and compiling with a recording backend."""
 import dataclasses
+import json
 import math
 import random
 import re
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -88,7 +91,10 @@ def test_soft_cross_entropy_is_the_mean_over_images_of_minus_sum_target_log_prob
     targets = torch.tensor([[0.7, 0.3, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5], [0.1, 0.2, 0.3, 0.4]])
     by_hand = [-sum(t * math.log(math.exp(z) / sum(math.exp(v) for v in row)) for t, z in zip(trow, row))
                for trow, row in zip(targets.tolist(), logits.tolist())]
-    assert loop.cross_entropy(logits, targets).item() == pytest.approx(sum(by_hand) / 3, abs=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. torch's "Implicit dimension choice for log_softmax" deprecation
+        loss = loop.cross_entropy(logits, targets)
+    assert loss.item() == pytest.approx(sum(by_hand) / 3, abs=1e-6)
 
 
 def test_soft_cross_entropy_is_computed_in_float32_from_half_precision_logits():
@@ -139,6 +145,20 @@ def test_the_accelerator_runs_on_the_cpu_in_float32_accumulating_as_set():
     accelerator = loop.make_accelerator(dataclasses.replace(SETTINGS, grad_accum=3, precision="bf16"))
     assert accelerator.device.type == "cpu" and accelerator.mixed_precision == "no"
     assert accelerator.gradient_accumulation_steps == 3
+
+
+def test_the_accelerator_is_asked_for_the_cpu_without_cuda_and_for_the_gpu_with_autocast_with_it(monkeypatch):
+    asked = []
+    monkeypatch.setattr(loop, "Accelerator", lambda **kwargs: asked.append(kwargs) or "an accelerator")
+    settings = dataclasses.replace(SETTINGS, grad_accum=2, precision="bf16")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert loop.make_accelerator(settings) == "an accelerator"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(loop, "read_device", lambda: hardware.Device("cuda", "a card", 16 * 2**30, (8, 0)))
+    loop.make_accelerator(settings)
+    # cpu=True, not accelerate's own pick (MPS, XPU): the kit promises the CPU wherever there is no CUDA GPU
+    assert asked == [dict(cpu=True, mixed_precision="no", gradient_accumulation_steps=2),
+                     dict(cpu=False, mixed_precision="bf16", gradient_accumulation_steps=2)]
 
 
 # ---------------------------------------------------------------- one optimizer step of each kind
@@ -267,7 +287,8 @@ def test_history_rows_hold_the_epochs_losses_accuracy_lr_and_seconds(capsys, mon
     assert "epoch 1/2" in bars and "epoch 2/2" in bars and "\n" not in bars
 
 
-def test_no_progress_bar_when_asked_for_none(capsys):
+def test_no_progress_bar_when_asked_for_none(capsys, monkeypatch):
+    monkeypatch.delenv("COURSE_HEADLESS", raising=False)  # a live bar would draw (headless, leave=False prints nothing)
     loop.fit(model(), Points(8), Points(3, seed=9), SETTINGS, progress=False)
     assert capsys.readouterr().err == ""
 
@@ -328,6 +349,7 @@ def test_train_step_without_a_scheduler_steps_the_optimizer_only():
     assert loss.item() == pytest.approx(F.cross_entropy(model()(train_set.x), train_set.y).item(), abs=1e-6)
     assert not loss.requires_grad
     assert torch.allclose(weights(net)["linear.weight"], before["linear.weight"] - 0.1 * grads["linear.weight"])
+    assert all(p.grad is None for p in net.parameters())  # set to None, not zero tensors kept between steps
 
 
 def test_validate_averages_over_images_in_eval_mode():
@@ -359,6 +381,74 @@ def test_loader_for_serves_batches_in_order_or_shuffled_by_the_generator():
     assert sum(drawn, []) != list(range(10))
 
 
+def test_loader_workers_end_with_each_pass():
+    loader = loop.loader_for(Points(8), 4, num_workers=1, shuffle_generator=torch.Generator())
+    assert loader.num_workers == 1 and loader.persistent_workers is False
+
+
+class GraphRecorder:
+    """A torch.compile backend that runs each graph as traced and records the example inputs it was given."""
+
+    def __init__(self):
+        self.inputs = []
+
+    def __call__(self, graph_module, example_inputs):
+        self.inputs.append(list(example_inputs))
+        return graph_module.forward
+
+    def batch_shapes(self):
+        """The shape of each graph's batch input (its non-parameter tensors)."""
+        return [tuple(x.shape) for inputs in self.inputs for x in inputs
+                if isinstance(x, torch.Tensor) and not isinstance(x, nn.Parameter)]
+
+
+def test_maybe_compile_hands_the_backend_static_graphs_one_per_batch_shape():
+    torch._dynamo.reset()  # no graphs, recompile counts or dynamic-shape marks left by earlier tests
+    recorder, net = GraphRecorder(), model()
+    compiled = loop.maybe_compile(net, recorder)
+    for size in (4, 3, 2):
+        assert torch.equal(compiled(torch.ones(size, 4)), net(torch.ones(size, 4)))
+    assert recorder.batch_shapes() == [(4, 4), (3, 4), (2, 4)]  # a graph per shape, none with a symbolic size
+    assert not any(isinstance(x, torch.SymInt) for inputs in recorder.inputs for x in inputs)
+
+
+def test_fit_compiles_with_the_backend_it_is_given():
+    torch._dynamo.reset()
+    recorder = GraphRecorder()
+    loop.fit(model(), Points(8), Points(3, seed=9), dataclasses.replace(SETTINGS, epochs=1), torch_compile=recorder,
+             progress=False)
+    assert set(recorder.batch_shapes()) == {(4, 4), (3, 4)}  # the training batches of 4, the validation batch of 3
+
+
+def test_auto_compiles_only_on_a_gpu_and_only_once_the_gpu_measurement_says_so(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)  # devices described, not used: no GPU needed
+    assert loop.compile_backend("auto", cpu) is None
+    assert loop.compile_backend("auto", gpu) == ("inductor" if loop.COMPILE_ON_GPU else None)
+    monkeypatch.setattr(loop, "COMPILE_ON_GPU", True)
+    assert (loop.compile_backend("auto", cpu), loop.compile_backend("auto", gpu)) == (None, "inductor")
+    assert (loop.compile_backend("auto", "cuda"), loop.compile_backend("auto", "cpu")) == ("inductor", None)
+    assert loop.compile_backend(True, cpu) == "inductor" and loop.compile_backend("aot_eager", gpu) == "aot_eager"
+    assert loop.compile_backend(False, gpu) is None
+    monkeypatch.setattr(loop, "COMPILE_ON_GPU", False)
+    assert (loop.compile_backend("auto", cpu), loop.compile_backend("auto", gpu)) == (None, None)
+
+
+def test_maybe_compile_asks_about_the_device_of_the_models_parameters(monkeypatch):
+    asked = []
+    monkeypatch.setattr(loop, "compile_backend", lambda torch_compile, device: asked.append((torch_compile, device)))
+    on_meta, without_parameters = nn.Linear(2, 2, device="meta"), nn.Identity()
+    assert loop.maybe_compile(on_meta, "auto") is on_meta  # compile_backend said None: eager
+    assert loop.maybe_compile(without_parameters, "auto") is without_parameters
+    assert asked == [("auto", torch.device("meta")), ("auto", "cpu")]
+
+
+def test_a_model_without_parameters_stays_eager(monkeypatch):
+    identity = nn.Identity()
+    assert loop.maybe_compile(identity, False) is identity
+    monkeypatch.setattr(loop, "COMPILE_ON_GPU", True)
+    assert loop.maybe_compile(identity, "auto") is identity  # taken to be on the CPU
+
+
 def test_maybe_compile_wraps_only_when_asked():
     net = model()
     assert loop.maybe_compile(net, False) is net
@@ -385,6 +475,9 @@ def test_seed_everything_seeds_python_numpy_and_torch():
     (dict(train_set=Points(0)), "The training and validation sets must each hold at least one image."),
     (dict(val_set=Points(0)), "The training and validation sets must each hold at least one image."),
     (dict(resume=True), "resume=True needs a checkpoint_dir to work on."),
+    (dict(overwrite=True), "overwrite=True needs a checkpoint_dir to work on."),
+    (dict(gradient_checkpointing=True), "gradient_checkpointing=True needs a transformers model; a WithIdle cannot "
+                                        "recompute its layers: leave the setting off for it."),
     (dict(patience=0), "patience must be at least 1 epoch (or None for no early stopping), got 0."),
 ])
 def test_bad_calls_say_what_is_wrong(call, message):
@@ -486,3 +579,69 @@ def test_stop_after_counts_the_epochs_of_this_call(tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     _, rows = run(tmp_path, epochs=4, resume=True)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+
+
+def test_the_manifest_holds_the_fingerprint_of_the_run(tmp_path):
+    run(tmp_path, epochs=1, optimizer="sgd", schedule="linear")
+    fingerprint = json.loads((tmp_path / "epoch-0001" / "manifest.json").read_text())["fingerprint"]
+    assert {name: fingerprint.get(name) for name in ("optimizer", "schedule", "processes", "lr", "epochs",
+                                                     "train_images")} == dict(
+        optimizer="sgd", schedule="linear", processes=1, lr=0.1, epochs=1, train_images=10)
+
+
+def test_resuming_with_another_lr_is_refused_and_names_it(tmp_path):
+    run(tmp_path, stop_after=1)
+    message = (f"Cannot resume from {tmp_path}/epoch-0001: lr was 0.1 and is now 0.2; resume with what the run was "
+               "trained with, or start a new run with overwrite=True or another checkpoint_dir.")
+    with pytest.raises(CheckpointError, match="^" + re.escape(message) + "$"):
+        run(tmp_path, resume=True, lr=0.2)
+
+
+def test_a_folder_holding_a_finished_run_is_refused_and_overwrite_starts_afresh(tmp_path):
+    run(tmp_path, epochs=2)
+    message = (f"{tmp_path} holds the checkpoints of an earlier run (epoch-0002, latest): resume it with resume=True, "
+               "choose another checkpoint_dir, or pass overwrite=True to delete them and start afresh.")
+    with pytest.raises(CheckpointError, match="^" + re.escape(message) + "$"):
+        run(tmp_path, epochs=2)
+    assert (tmp_path / "latest").read_text() == "epoch-0002"  # nothing deleted
+    _, rows = run(tmp_path, epochs=1, overwrite=True)
+    assert [r["epoch"] for r in rows] == [1] and sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0001", "latest"]
+
+
+def test_resuming_a_finished_run_with_restore_best_keeps_its_last_and_best_epoch(monkeypatch, tmp_path):
+    last = weights_after(monkeypatch, [0.5, 0.9], 2, checkpoint_dir=tmp_path)  # the last epoch is the best
+    again = weights_after(monkeypatch, [], 2, checkpoint_dir=tmp_path, resume=True, restore_best=True)
+    assert same(again, last)  # no epoch left to train, and nothing to restore
+
+
+# ---------------------------------------------------------------- a loss that is not finite
+class NaNFromEpoch:
+    """A batch transform that turns the images to NaN from epoch `epoch` on (fit's input probe comes first)."""
+
+    def __init__(self, epoch: int, batches_per_epoch: int):
+        self.first_nan_call, self.calls = 1 + (epoch - 1) * batches_per_epoch + 1, 0
+
+    def __call__(self, images, targets):
+        self.calls += 1
+        return (images * float("nan") if self.calls >= self.first_nan_call else images), targets
+
+
+@pytest.mark.parametrize("epoch, folder, kept, reuse", [
+    (2, True, "the last good checkpoint, {folder}/epoch-0001, is kept", ", with overwrite=True to reuse the folder"),
+    (1, True, "no checkpoint of this run was written", ", with overwrite=True to reuse the folder"),
+    (2, False, "nothing was saved (no checkpoint_dir)", ""),
+    (1, False, "nothing was saved (no checkpoint_dir)", ""),
+])
+def test_a_loss_that_turns_nan_stops_training_in_one_sentence_naming_what_is_kept(tmp_path, epoch, folder, kept,
+                                                                                   reuse):
+    net, checkpoint_dir = model(), tmp_path / "run" if folder else None
+    message = (f"The training loss is nan in epoch {epoch}, so training stopped before that step and "
+               f"{kept.format(folder=checkpoint_dir)}: train again with a lower lr (now 0.1) or with gradient "
+               f"clipping (max_grad_norm, now None){reuse}.")
+    with pytest.raises(FloatingPointError, match="^" + re.escape(message) + "$"):
+        loop.fit(net, Points(8), Points(3, seed=9), dataclasses.replace(SETTINGS, epochs=3),
+                 batch_transform=NaNFromEpoch(epoch, batches_per_epoch=2), checkpoint_dir=checkpoint_dir,
+                 progress=False)
+    assert all(torch.isfinite(w).all() for w in weights(net).values())
+    if folder:
+        assert sorted(p.name for p in checkpoint_dir.iterdir()) == (["epoch-0001", "latest"] if epoch == 2 else [])
