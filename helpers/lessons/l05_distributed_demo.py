@@ -68,6 +68,8 @@ def main(argv=None) -> int:
         "initial_checksum": initial,
         "checksum": weights_checksum(accelerator.unwrap_model(model)),
         "val_accuracy": history.rows[-1]["val_accuracy"],
+        "train_loss": history.rows[-1]["train_loss"],  # the mean over every rank's images
+        "last_lr": history.rows[-1]["lr"],  # the schedule ends at 0 when it counts the steps of all ranks
         "sample_indices": train_set.indices[PROBE_IMAGES:],  # after fit()'s input check
     }
     (args.out / f"rank-{accelerator.process_index}.json").write_text(json.dumps(result))
