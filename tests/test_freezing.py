@@ -1,6 +1,9 @@
 """Tests for helpers.freezing on a tiny randomly initialised ViT."""
 
 import dataclasses
+import re
+import time
+import warnings
 
 import numpy as np
 import pytest
@@ -171,6 +174,14 @@ def test_llrd_groups_skip_frozen_parameters_and_feed_an_optimizer(model):
 def test_llrd_rejects_decay_outside_unit_interval(model):
     with pytest.raises(ValueError, match="decay=1.5"):
         freezing.llrd_param_groups(model, lr=1e-3, decay=1.5)
+    with pytest.raises(ValueError, match=r"^decay=0 must be in \(0, 1\]: each layer down trains at `decay` times"):
+        freezing.llrd_param_groups(model, lr=1e-3, decay=0)
+
+
+def test_llrd_with_decay_one_trains_every_layer_at_the_same_lr_and_decays_weights_by_005(model):
+    groups = freezing.llrd_param_groups(model, lr=1e-3, decay=1)
+    assert {group["lr"] for group in groups} == {1e-3}
+    assert {group["weight_decay"] for group in groups} == {0.0, 0.05}  # the default weight decay
 
 
 # --- gradual unfreezing -------------------------------------------------------------------------
@@ -209,8 +220,20 @@ def test_gradual_unfreezing_with_two_stages_is_head_then_everything(model):
 
 @pytest.mark.parametrize("n_stages", [1, DEPTH + 3])
 def test_gradual_unfreezing_rejects_impossible_stage_counts(model, n_stages):
-    with pytest.raises(ValueError, match=f"n_stages={n_stages}"):
+    sentence = (f"n_stages={n_stages} is out of range: with {DEPTH} encoder blocks choose from 2 (head, then all) "
+                f"to {DEPTH + 2} (one layer per stage).")
+    with pytest.raises(ValueError, match=f"^{re.escape(sentence)}$"):
         freezing.gradual_unfreezing_stages(model, n_stages=n_stages, lr=1e-3)
+
+
+def test_each_stage_passes_its_lr_decay_and_weight_decay_to_its_groups(model):
+    last = freezing.gradual_unfreezing_stages(model, n_stages=2, lr=1e-3, lr_decay=0.5, weight_decay=0.1)[-1]
+    groups = {group["name"]: group for group in last.apply(model)}
+    assert groups["block 1"]["lr"] == pytest.approx(1e-3 * 0.5)
+    assert groups["embeddings (no decay)"]["lr"] == pytest.approx(1e-3 * 0.5 ** (DEPTH + 1))
+    assert {group["weight_decay"] for group in groups.values()} == {0.0, 0.1}
+    default = freezing.gradual_unfreezing_stages(model, n_stages=2, lr=1e-3)[-1]
+    assert (default.lr_decay, default.weight_decay) == (freezing.DEFAULT_LR_DECAY, 0.05)
 
 
 # --- frozen means frozen ------------------------------------------------------------------------
@@ -276,6 +299,16 @@ def test_add_lora_trains_only_adapters_on_query_value_and_the_classifier(model):
     ]
     assert peft_model.peft_config["default"].r == 4
     assert 0 < freezing.count_parameters(peft_model).percent < 50
+
+
+def test_add_lora_passes_rank_alpha_and_dropout_to_peft_and_stays_quiet(model):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # peft's deprecation warning is silenced, and nothing else is raised
+        defaults = freezing.add_lora(model).peft_config["default"]
+        chosen = freezing.add_lora(ViTForImageClassification(tiny_config()), r=4, alpha=8, dropout=0.1)
+    assert (defaults.r, defaults.lora_alpha, defaults.lora_dropout) == (8, 16, 0.0)
+    chosen = chosen.peft_config["default"]
+    assert (chosen.r, chosen.lora_alpha, chosen.lora_dropout) == (4, 8, 0.1)
 
 
 def perturb_lora(peft_model):
@@ -501,6 +534,21 @@ def test_fast_linear_probe_matches_training_through_the_frozen_model():
     assert probe.history.column("val_accuracy") == slow_history.column("val_accuracy")
     assert probe.seconds >= probe.feature_seconds > 0
     assert len(probe.train_features) == 24 and len(probe.val_features) == 9
+
+
+def test_fast_linear_probe_shows_only_the_feature_passes_times_them_and_passes_overrides_to_fit(capsys):
+    started = time.perf_counter()
+    probe = freezing.fast_linear_probe(load_tiny(), tiny_images(24), tiny_images(9, seed=1), SETTINGS, epochs=1)
+    assert 0 < probe.feature_seconds < time.perf_counter() - started
+    assert probe.history.column("epoch") == [1]  # SETTINGS has 2
+    lines = capsys.readouterr().out.splitlines()  # headless: one final line per bar
+    assert [line.split(" in ")[0] for line in lines] == ["features: 1/1", "features: 1/1"]
+
+
+def test_fast_linear_probe_without_progress_draws_no_bar(monkeypatch, capsys):
+    monkeypatch.delenv("COURSE_HEADLESS", raising=False)  # live bars, as in a terminal: the head's epochs would show
+    freezing.fast_linear_probe(load_tiny(), tiny_images(24), tiny_images(9, seed=1), SETTINGS, progress=False)
+    assert capsys.readouterr() == ("", "")
 
 
 def test_pixel_matrix_and_logistic_regression_on_separable_data():

@@ -40,6 +40,8 @@ def test_the_figure_shows_both_losses_and_the_validation_accuracy_per_epoch():
     matplotlib.use("Agg")
     figure = History(ROWS).plot(title="tiny run")
     loss, accuracy = figure.axes
+    left, right = loss.get_position(), accuracy.get_position()
+    assert left.y0 == right.y0 and left.x1 < right.x0  # side by side
     assert tuple(figure.get_size_inches()) == (9, 3.2) and figure._suptitle.get_text() == "tiny run"
     assert [(list(line.get_xdata()), list(line.get_ydata()), line.get_label(), line.get_marker())
             for line in loss.lines] == [([1, 2, 3], [1.23456, 0.5, 0.4], "train", "o"),

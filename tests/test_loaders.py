@@ -86,7 +86,7 @@ def test_a_sampler_decides_the_order_and_excludes_a_shuffle_generator():
 
 @pytest.mark.parametrize("num_workers, persistent_workers, expected", [
     (1, None, True), (2, None, True), (0, None, False),  # workers persist between epochs when there are any
-    (2, False, False), (0, True, False), (2, True, True),
+    (2, False, False), (0, True, False), (1, True, True), (2, True, True),
 ])
 def test_workers_persist_only_when_there_are_workers(num_workers, persistent_workers, expected):
     loader = loaders.make_loader(DATA, 2, num_workers=num_workers, persistent_workers=persistent_workers)
