@@ -243,3 +243,107 @@ def test_paired_comparison_counts_disagreements_and_tests_them():
     assert same.p_value == 1.0 and same.interval == (0.0, 0.0)
     with pytest.raises(ValueError, match="same length"):
         metrics.paired_comparison(a, b[:-1])
+
+
+def paired_interval_by_hand(n, only_a, only_b, n_boot, alpha, seed):
+    """The paired bootstrap interval: n image pairs resampled = one multinomial draw over (only a, only b, the rest)."""
+    draws = np.random.default_rng(seed).multinomial(n, [only_a / n, only_b / n, 1 - (only_a + only_b) / n], n_boot)
+    gains = (draws[:, 1] - draws[:, 0]) / n  # images only b gets right minus images only a gets right
+    return float(np.quantile(gains, alpha / 2)), float(np.quantile(gains, 1 - alpha / 2))
+
+
+def disagreeing(n, only_a, only_b):
+    """Two models' outcomes on n images: both right on the first half of the rest, then only a, then only b."""
+    a, b = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    both = (n - only_a - only_b) // 2
+    a[:both] = b[:both] = True
+    a[both:both + only_a] = True
+    b[both + only_a:both + only_a + only_b] = True
+    return a, b
+
+
+def test_paired_comparison_by_default_is_the_2000_draw_seed_0_interval_and_the_exact_mcnemar_test():
+    from scipy.stats import binomtest
+
+    a, b = disagreeing(100_000, 5000, 6000)  # many images: neighbouring quantiles differ, so the draw count shows
+    result = metrics.paired_comparison(a, b)
+    assert (result.only_a_right, result.only_b_right) == (5000, 6000)
+    assert (result.accuracy_a, result.accuracy_b) == (a.mean(), b.mean())
+    assert result.p_value == binomtest(6000, 11000, 0.5).pvalue
+    assert result.interval == paired_interval_by_hand(100_000, 5000, 6000, n_boot=2000, alpha=0.05, seed=0)
+    assert result.interval != paired_interval_by_hand(100_000, 5000, 6000, n_boot=2001, alpha=0.05, seed=0)
+    assert metrics.paired_comparison(a, b, seed=3).interval == paired_interval_by_hand(
+        100_000, 5000, 6000, n_boot=2000, alpha=0.05, seed=3)
+    assert metrics.paired_comparison(a, b, seed=3) == metrics.paired_comparison(a, b, seed=3)
+
+
+@pytest.mark.parametrize("n, only_a, only_b, n_boot, alpha, seed", [
+    (100, 2, 12, 2000, 0.05, 0),  # the first test's models
+    (1000, 30, 70, 2000, 0.05, 0),
+    (1000, 70, 30, 500, 0.2, 7),  # b worse: a negative interval
+    (400, 10, 30, 3000, 0.1, 1),
+])
+def test_paired_interval_is_the_percentile_interval_of_multinomial_draws(n, only_a, only_b, n_boot, alpha, seed):
+    a, b = disagreeing(n, only_a, only_b)
+    low, high = metrics.paired_comparison(a, b, n_boot=n_boot, alpha=alpha, seed=seed).interval
+    assert (low, high) == paired_interval_by_hand(n, only_a, only_b, n_boot, alpha, seed)
+    assert low <= (only_b - only_a) / n <= high
+
+
+def test_the_multinomial_draws_are_the_bootstrap_of_image_pairs():
+    a, b = disagreeing(200, 6, 20)
+    rng = np.random.default_rng(5)
+    picks = rng.integers(0, 200, size=(20000, 200))  # resample images, both models' outcomes together
+    gains = (b[picks].astype(int) - a[picks]).mean(axis=1)
+    low, high = metrics.paired_comparison(a, b, n_boot=20000).interval
+    assert low == pytest.approx(np.quantile(gains, 0.025), abs=0.006)
+    assert high == pytest.approx(np.quantile(gains, 0.975), abs=0.006)
+
+
+def test_paired_comparison_of_one_image():
+    assert metrics.paired_comparison([True], [False]) == metrics.PairedComparison(
+        accuracy_a=1.0, accuracy_b=0.0, only_a_right=1, only_b_right=0, p_value=1.0, interval=(-1.0, -1.0))
+
+
+def test_paired_comparison_with_as_many_disagreements_each_way_is_a_coin_toss():
+    a, b = disagreeing(100, 7, 7)
+    result = metrics.paired_comparison(a, b)
+    assert (result.only_a_right, result.only_b_right, result.p_value, result.difference) == (7, 7, 1.0, 0.0)
+
+
+PAIRED_SENTENCE = ("correct_a and correct_b must be 1-D booleans of the same length, one per test image in the same order "
+                   "(Predictions.correct of each model).")
+
+
+@pytest.mark.parametrize("a, b", [
+    ([0, 2, 1], [0, 1, 1]),  # a is not booleans, b is
+    ([0, 1, 1], [0, 1, 2]),  # b is not booleans, a is
+    ([0.5, 1.0], [1.0, 1.0]),
+    ([], []),
+    ([[1, 0]], [[1, 0]]),  # not 1-D
+    ([1, 0, 1], [1, 0]),  # not the same length
+])
+def test_paired_comparison_refuses_what_is_not_two_matching_lists_of_outcomes(a, b):
+    with pytest.raises(ValueError, match=f"^{re.escape(PAIRED_SENTENCE)}$"):
+        metrics.paired_comparison(np.array(a), np.array(b))
+
+
+@pytest.mark.parametrize("alpha", [0, 1, 1.5])
+def test_paired_comparison_refuses_an_alpha_outside_zero_to_one(alpha):
+    with pytest.raises(ValueError, match=f"^{re.escape(f'alpha must be strictly between 0 and 1; got {alpha!r}.')}$"):
+        metrics.paired_comparison([True, False], [True, True], alpha=alpha)
+
+
+def test_a_paired_comparison_prints_as_one_sentence():
+    gain = metrics.PairedComparison(0.7, 0.9, 3, 23, 0.00012345, (0.12, 0.28))
+    assert str(gain) == ("70.0% -> 90.0% (+20.0 points, 95% interval [+12.0, +28.0]); they disagree on 26 images "
+                         "(23 only b gets right, 3 only a); McNemar p = 0.000123")
+    loss = metrics.PairedComparison(0.9, 0.7, 23, 3, 0.5, (-0.28, -0.12))
+    assert str(loss) == ("90.0% -> 70.0% (-20.0 points, 95% interval [-28.0, -12.0]); they disagree on 26 images "
+                         "(3 only b gets right, 23 only a); McNemar p = 0.5")
+    a = np.array([1] * 80 + [0] * 20, dtype=bool)  # the first test's models: 2 only a, 12 only b
+    b = a.copy()
+    b[80:92], b[:2] = True, False
+    assert str(metrics.paired_comparison(a, b)) == (
+        "80.0% -> 90.0% (+10.0 points, 95% interval [+3.0, +18.0]); they disagree on 14 images "
+        "(12 only b gets right, 2 only a); McNemar p = 0.0129")
