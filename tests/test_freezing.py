@@ -545,6 +545,14 @@ def test_fast_linear_probe_shows_only_the_feature_passes_times_them_and_passes_o
     assert [line.split(" in ")[0] for line in lines] == ["features: 1/1", "features: 1/1"]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: run by bench/gpu_check.py's suite stage")
+def test_fast_linear_probe_computes_the_features_on_the_gpu():
+    model = load_tiny()
+    probe = freezing.fast_linear_probe(model, tiny_images(24), tiny_images(9, seed=1), SETTINGS, progress=False)
+    assert {parameter.device.type for parameter in model.parameters()} == {"cuda"}
+    assert len(probe.train_features) == 24
+
+
 def test_fast_linear_probe_without_progress_draws_no_bar(monkeypatch, capsys):
     monkeypatch.delenv("COURSE_HEADLESS", raising=False)  # live bars, as in a terminal: the head's epochs would show
     freezing.fast_linear_probe(load_tiny(), tiny_images(24), tiny_images(9, seed=1), SETTINGS, progress=False)
