@@ -69,6 +69,7 @@ def test_adapter_reloads_on_its_own_with_its_head_and_two_swap(tmp_path, tiny_mo
         assert torch.allclose(both(images).logits, second(images).logits, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")  # peft asks transformers; add_lora silences it too
 def test_an_adapter_without_its_head_is_refused(tmp_path, tiny_model_dir):
     from peft import LoraConfig, get_peft_model
 
