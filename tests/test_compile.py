@@ -5,7 +5,6 @@ import torch.nn.functional as F
 from transformers import ViTConfig, ViTForImageClassification
 
 from helpers import data, models, profiles, train
-from helpers.train import loop
 
 ON_GPU = torch.cuda.is_available()
 NEEDS_GPU = pytest.mark.skipif(
@@ -80,16 +79,6 @@ def test_fit_compiled_leaves_the_users_model_in_eval_mode():
     train.fit(model, train_set, val_set, profiles.resolve("smoke", batch_size=8), epochs=1, progress=False,
               torch_compile="aot_eager")
     assert not any(module.training for module in model.modules())
-
-
-def test_auto_compiles_only_on_a_gpu_and_only_once_the_gpu_measurement_says_so(monkeypatch):
-    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
-    assert train.maybe_compile(model := torch.nn.Linear(2, 2), "auto") is model
-    assert loop.compile_backend("auto", gpu) == ("inductor" if loop.COMPILE_ON_GPU else None)
-    monkeypatch.setattr(loop, "COMPILE_ON_GPU", True)
-    assert (loop.compile_backend("auto", cpu), loop.compile_backend("auto", gpu)) == (None, "inductor")
-    assert loop.compile_backend(True, cpu) == "inductor" and loop.compile_backend("aot_eager", gpu) == "aot_eager"
-    assert loop.compile_backend(False, gpu) is None
 
 
 @NEEDS_GPU

@@ -422,7 +422,7 @@ def test_fit_compiles_with_the_backend_it_is_given():
 
 def test_auto_compiles_only_on_a_gpu_and_only_once_the_gpu_measurement_says_so(monkeypatch):
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)  # devices described, not used: no GPU needed
-    assert loop.compile_backend("auto", cpu) is None
+    assert loop.compile_backend("auto", cpu) is None and loop.maybe_compile(net := nn.Linear(2, 2), "auto") is net
     assert loop.compile_backend("auto", gpu) == ("inductor" if loop.COMPILE_ON_GPU else None)
     monkeypatch.setattr(loop, "COMPILE_ON_GPU", True)
     assert (loop.compile_backend("auto", cpu), loop.compile_backend("auto", gpu)) == (None, "inductor")
