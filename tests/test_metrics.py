@@ -228,11 +228,16 @@ def test_many_mistakes_tied_in_confidence_keep_their_order_and_eight_are_shown()
     assert metrics.most_confident_mistakes(predictions).tolist() == order[:8]
 
 
-def test_paired_comparison_counts_disagreements_and_tests_them():
+def eighty_and_ninety():
+    """Model a right on the first 80 of 100 images; b also gets 12 of a's mistakes right and misses 2 that a gets."""
     a = np.array([1] * 80 + [0] * 20, dtype=bool)
     b = a.copy()
-    b[80:92] = True  # b also gets 12 of a's mistakes right
-    b[:2] = False  # and misses 2 that a gets
+    b[80:92], b[:2] = True, False
+    return a, b
+
+
+def test_paired_comparison_counts_disagreements_and_tests_them():
+    a, b = eighty_and_ninety()
     result = metrics.paired_comparison(a, b)
     assert (result.only_a_right, result.only_b_right) == (2, 12)
     assert result.difference == pytest.approx(0.10)
@@ -341,9 +346,6 @@ def test_a_paired_comparison_prints_as_one_sentence():
     loss = metrics.PairedComparison(0.9, 0.7, 23, 3, 0.5, (-0.28, -0.12))
     assert str(loss) == ("90.0% -> 70.0% (-20.0 points, 95% interval [-28.0, -12.0]); they disagree on 26 images "
                          "(3 only b gets right, 23 only a); McNemar p = 0.5")
-    a = np.array([1] * 80 + [0] * 20, dtype=bool)  # the first test's models: 2 only a, 12 only b
-    b = a.copy()
-    b[80:92], b[:2] = True, False
-    assert str(metrics.paired_comparison(a, b)) == (
+    assert str(metrics.paired_comparison(*eighty_and_ninety())) == (
         "80.0% -> 90.0% (+10.0 points, 95% interval [+3.0, +18.0]); they disagree on 14 images "
         "(12 only b gets right, 2 only a); McNemar p = 0.0129")
